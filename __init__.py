@@ -1,0 +1,20 @@
+"""cvd-multiview: collaborative multi-view video generation nodes for ComfyUI.
+
+Registration only. The nodes live in ``nodes/`` (thin adapters) and the math in ``cvd_core/``.
+"""
+
+import os
+import sys
+
+_PACK_DIR = os.path.dirname(os.path.abspath(__file__))
+# ``cvd_core`` is imported by absolute name from the adapters; append (never prepend) so the pack
+# can never shadow a ComfyUI module.
+if _PACK_DIR not in sys.path:
+    sys.path.append(_PACK_DIR)
+
+from .nodes import build_mappings  # noqa: E402
+
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = build_mappings()
+WEB_DIRECTORY = "./web"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -1,0 +1,46 @@
+"""ComfyUI adapters of the pack: each module declares ``SCHEMAS`` (a list of ``NodeSchema``).
+
+``build_mappings`` turns them into ``NODE_CLASS_MAPPINGS``/``NODE_DISPLAY_NAME_MAPPINGS`` with V3
+classes where ``comfy_api.latest`` imports and V1 classes otherwise. A module that fails to import
+(a missing optional dependency) is reported loudly and skipped, so the rest of the pack still loads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Dict, List, Tuple
+
+from ._schema import NodeSchema, build_node_class, load_v3_io
+
+# Order matters only for readability of /object_info; ids are what workflows store.
+NODE_MODULES = ("camera",)
+
+log = logging.getLogger("cvd-multiview")
+
+
+def all_schemas() -> Tuple[List[NodeSchema], Dict[str, str]]:
+    """Every node schema of the pack, plus ``{module: error}`` for modules that failed."""
+    schemas: List[NodeSchema] = []
+    failures: Dict[str, str] = {}
+    for name in NODE_MODULES:
+        try:
+            module = importlib.import_module(f".{name}", __name__)
+        except Exception as exc:  # keep the rest of the pack usable; say exactly what broke
+            failures[name] = f"{type(exc).__name__}: {exc}"
+            log.error("cvd-multiview: nodes/%s.py failed to import: %s", name, failures[name])
+            continue
+        schemas.extend(module.SCHEMAS)
+    ids = [s.node_id for s in schemas]
+    duplicates = {i for i in ids if ids.count(i) > 1}
+    if duplicates:
+        raise RuntimeError(f"duplicate node ids: {sorted(duplicates)}")
+    return schemas, failures
+
+
+def build_mappings(force_v1: bool = False):
+    io = None if force_v1 else load_v3_io()
+    schemas, _ = all_schemas()
+    classes = {s.node_id: build_node_class(s, io) for s in schemas}
+    names = {s.node_id: s.display_name for s in schemas}
+    return classes, names

@@ -1,0 +1,122 @@
+"""Bad input gets a clear error (HTTP 400 with node_errors, or an execution error naming the rule)
+and the server keeps answering afterwards."""
+
+import copy
+import json
+
+import pytest
+
+from tests.support.comfy_harness import ComfyError
+from tests.support.pack_info import api_workflows
+
+pytestmark = pytest.mark.integration
+
+TRAJECTORY = {"preset": "circle", "views": 2, "frames": 16, "width": 256, "height": 256, "camera_dist": 0.5,
+              "speed": 1.0, "angle_deg": 30.0, "fov_deg": 0.0, "perturb": 0.0, "perturb_seed": 0,
+              "custom_json": ""}
+POSES = {"pose_file": "cvd_poses/orbit_right.txt", "frames": 16, "stride": 1, "width": 256, "height": 256,
+         "source_width": 1280, "source_height": 720}
+
+
+def _preview_of(node_type, inputs):
+    return {"1": {"class_type": node_type, "inputs": inputs},
+            "2": {"class_type": "CVD_CameraPreview", "inputs": {"cameras": ["1", 0], "width": 512, "height": 256}}}
+
+
+def _refused(server, prompt):
+    with pytest.raises(ComfyError) as caught:
+        server.queue(prompt)
+    assert caught.value.status == 400, caught.value
+    return json.dumps(caught.value.payload)
+
+
+def _fails(server, prompt):
+    with pytest.raises(ComfyError) as caught:
+        server.run(prompt, timeout=120)
+    return str(caught.value)
+
+
+def _still_alive(server):
+    assert server.get_json("/system_stats")["system"]
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("views", 0, "value_smaller_than_min"),
+    ("views", 17, "value_bigger_than_max"),
+    ("frames", 0, "value_smaller_than_min"),
+    ("views", "many", "invalid_input_type"),
+    ("width", 250, "multiple of 8"),
+    ("preset", "spiral", "value_not_in_list"),
+])
+def test_trajectory_widgets_are_validated(comfy_server, field, value, expected):
+    inputs = dict(TRAJECTORY, **{field: value})
+    answer = _refused(comfy_server, _preview_of("CVD_CameraTrajectory", inputs))
+    assert expected in answer and "node_errors" in answer
+    _still_alive(comfy_server)
+
+
+def test_custom_json_errors_name_the_problem(comfy_server):
+    inputs = dict(TRAJECTORY, preset="custom_json", custom_json='{"views": [{"c2w": [[1, 2]]}]}')
+    message = _fails(comfy_server, _preview_of("CVD_CameraTrajectory", inputs))
+    assert "c2w" in message
+    _still_alive(comfy_server)
+
+
+def test_missing_pose_file_is_refused(comfy_server):
+    answer = _refused(comfy_server, _preview_of("CVD_LoadCameraPoses", dict(POSES, pose_file="cvd_poses/nope.txt")))
+    assert "not found" in answer and "nope.txt" in answer
+    _still_alive(comfy_server)
+
+
+def test_pose_file_path_cannot_escape_the_input_folder(comfy_server):
+    answer = _refused(comfy_server, _preview_of("CVD_LoadCameraPoses", dict(POSES, pose_file="../../main.py")))
+    assert "inside ComfyUI's input folder" in answer
+    _still_alive(comfy_server)
+
+
+def test_pose_file_with_too_few_rows(comfy_server):
+    message = _fails(comfy_server, _preview_of("CVD_LoadCameraPoses", dict(POSES, frames=100)))
+    assert "24 frames" in message and "100 requested" in message
+    _still_alive(comfy_server)
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("https://example\n0 0.5 0.8 0.5 0.5 0 0 1 0 0 0 0 1 0 0 0 0 1 zero\n", "'zero' is not a number"),
+    ("https://example\n0 0.5 0.8 0.5 0.5 0 0 1 0 0\n", "expected 19 numbers"),
+    ("https://example\n0 0.5 0.8 0.5 0.5 0 0 1 0 0 nan 0 1 0 0 0 0 1 0\n", "finite"),
+])
+def test_malformed_uploaded_pose_file(comfy_server, tmp_path, content, expected):
+    path = tmp_path / "broken_poses.txt"
+    path.write_text(content)
+    uploaded = comfy_server.upload(path, subfolder="cvd_poses")
+    name = f"{uploaded.get('subfolder', 'cvd_poses')}/{uploaded['name']}"
+    message = _fails(comfy_server, _preview_of("CVD_LoadCameraPoses", dict(POSES, pose_file=name, frames=1)))
+    assert expected in message and "line 2" in message
+    _still_alive(comfy_server)
+
+
+def test_uploaded_pose_file_works(comfy_server, tmp_path):
+    source = comfy_server.input_dir / "cvd_poses" / "dolly_forward.txt"
+    path = tmp_path / "my_dolly.txt"
+    path.write_text(source.read_text())
+    uploaded = comfy_server.upload(path, subfolder="cvd_poses")
+    entry = comfy_server.run(_preview_of("CVD_LoadCameraPoses", dict(POSES, pose_file=f"cvd_poses/{uploaded['name']}")))
+    assert entry["outputs"]["2"]["images"]
+
+
+def test_wrong_socket_type_is_refused(comfy_server):
+    prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+              "2": {"class_type": "CVD_CameraPreview", "inputs": {"cameras": ["1", 0], "width": 512, "height": 256}}}
+    answer = _refused(comfy_server, prompt)
+    assert "return_type_mismatch" in answer, answer
+    _still_alive(comfy_server)
+
+
+def test_epipolar_preview_view_out_of_range(comfy_server):
+    name, prompt, _ = api_workflows()[0]
+    prompt = copy.deepcopy(prompt)
+    epi = next(k for k, v in prompt.items() if v["class_type"] == "CVD_EpipolarPreview")
+    prompt[epi]["inputs"]["view_b"] = 9
+    message = _fails(comfy_server, prompt)
+    assert "view_b must be below the number of views (4)" in message
+    _still_alive(comfy_server)

@@ -1,0 +1,86 @@
+"""Registration: one schema per node gives the V1 class (and the V3 class where available)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nodes._schema import WIDGET_TYPES, Input, NodeSchema, Output, Result, build_v1, v1_input_types
+from tests.support.pack_info import pack_schemas
+
+FROZEN = json.loads((Path(__file__).parent / "widget_order.json").read_text())
+
+
+def test_mappings_export_every_schema(pack):
+    ids = [s.node_id for s in pack_schemas()]
+    assert sorted(pack.NODE_CLASS_MAPPINGS) == sorted(ids)
+    assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(ids)
+    assert all(pack.NODE_DISPLAY_NAME_MAPPINGS[i] for i in ids)
+
+
+def test_naming_tooltips_and_descriptions():
+    for schema in pack_schemas():
+        assert schema.node_id.startswith("CVD_") and schema.category.startswith("CVD/")
+        assert len(schema.description) > 40, f"{schema.node_id} needs a real description"
+        for item in schema.inputs:
+            assert len(item.tooltip) > 10, f"{schema.node_id}.{item.name} needs a real tooltip"
+        for output in schema.outputs:
+            assert output.tooltip
+
+
+def test_widget_order_is_append_only():
+    """Widget order is public API: the frozen prefix must stay exactly as released."""
+    current = {s.node_id: [i.name for i in s.inputs if i.type in WIDGET_TYPES and not i.force_input]
+               for s in pack_schemas()}
+    for node_id, frozen in FROZEN.items():
+        if node_id.startswith("_"):
+            continue
+        assert node_id in current, f"{node_id} was removed: deprecate released nodes instead"
+        assert current[node_id][:len(frozen)] == frozen, f"{node_id}: widgets reordered or renamed"
+    unfrozen = sorted(set(current) - set(FROZEN))
+    assert not unfrozen, f"add the widget order of new nodes to tests/nodes/widget_order.json: {unfrozen}"
+
+
+def _toy_schema(**overrides):
+    fields = dict(node_id="CVD_Toy", display_name="Toy", category="CVD/test", description="A toy node for tests.",
+                  inputs=[Input("count", "INT", "how many", default=2, min=1, max=8),
+                          Input("mode", "COMBO", "which mode", default="a", options=["a", "b"]),
+                          Input("extra", "IMAGE", "optional image", optional=True)],
+                  outputs=[Output("INT", "doubled", "twice count")],
+                  run=lambda count, mode, extra=None: Result((count * 2,), ui={"text": [mode]}))
+    fields.update(overrides)
+    return NodeSchema(**fields)
+
+
+def test_v1_class_from_schema():
+    cls = build_v1(_toy_schema())
+    types = cls.INPUT_TYPES()
+    assert types["required"]["count"] == ("INT", {"tooltip": "how many", "default": 2, "min": 1, "max": 8})
+    assert types["required"]["mode"][0] == ["a", "b"]
+    assert "extra" in types["optional"]
+    assert cls.RETURN_TYPES == ("INT",) and cls.FUNCTION == "run" and cls.CATEGORY == "CVD/test"
+    assert cls().run(count=3, mode="b") == {"ui": {"text": ["b"]}, "result": (6,)}
+
+
+def test_validator_gets_a_named_signature_for_comfyui_2024():
+    import inspect
+    cls = build_v1(_toy_schema(validate=lambda count: True if count != 3 else "count must not be 3"))
+    assert inspect.getfullargspec(cls.VALIDATE_INPUTS).args == ["cls", "count"]
+    assert cls.VALIDATE_INPUTS(count=3) == "count must not be 3"
+    assert cls.VALIDATE_INPUTS(count=99) == "count must be at most 8, got 99"  # range re-checked
+    assert cls.VALIDATE_INPUTS(count=2) is True
+
+
+@pytest.mark.parametrize("bad", [dict(node_id="Toy"), dict(category="misc"),
+                                 dict(inputs=[Input("x", "INT", "")])])
+def test_schema_rules_are_enforced(bad):
+    with pytest.raises(ValueError):
+        _toy_schema(**bad)
+
+
+def test_v1_input_types_of_pack_nodes_are_well_formed():
+    for schema in pack_schemas():
+        types = v1_input_types(schema)
+        for section in types.values():
+            for name, spec in section.items():
+                assert isinstance(spec, (tuple, str))

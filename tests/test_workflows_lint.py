@@ -1,0 +1,44 @@
+"""Every workflow (UI and API format) references only node types and widget values the server
+accepts, and the two forms of each workflow describe the same graph."""
+
+import pytest
+
+from tests.support.pack_info import api_workflows
+from tests.support.workflow_format import lint_api, lint_ui, ui_to_api
+
+pytestmark = pytest.mark.integration
+WORKFLOWS = api_workflows()
+
+
+def test_there_are_workflows():
+    assert WORKFLOWS, "workflows/api/ holds no workflow"
+
+
+@pytest.mark.parametrize("name,prompt,ui", WORKFLOWS, ids=[w[0] for w in WORKFLOWS])
+def test_workflow_lints_clean(comfy_server, name, prompt, ui):
+    info = comfy_server.object_info()
+    assert ui is not None, f"workflows/{name}.json (UI format) is missing; run scripts/build_workflows.py"
+    assert lint_api(prompt, info) == []
+    assert lint_ui(ui, info) == []
+    exported = ui_to_api(ui, info)
+    expected = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
+    assert exported == expected, "UI and API forms differ: run scripts/build_workflows.py"
+
+
+def test_lint_catches_mistakes(comfy_server):
+    """The linter itself must fail on broken workflows (a lint that cannot fail proves nothing)."""
+    info = comfy_server.object_info()
+    name, prompt, ui = WORKFLOWS[0]
+    broken = {k: {"class_type": v["class_type"], "inputs": dict(v["inputs"])} for k, v in prompt.items()}
+    first = next(iter(broken))
+    broken[first]["class_type"] = "CVD_NoSuchNode"
+    assert any("unknown node type" in e for e in lint_api(broken, info))
+    broken = {k: {"class_type": v["class_type"], "inputs": dict(v["inputs"])} for k, v in prompt.items()}
+    trajectory = next(k for k, v in broken.items() if v["class_type"] == "CVD_CameraTrajectory")
+    broken[trajectory]["inputs"]["views"] = 999
+    broken[trajectory]["inputs"]["preset"] = "spiral"
+    errors = lint_api(broken, info)
+    assert any("above the maximum" in e for e in errors) and any("not one of" in e for e in errors)
+    bad_ui = {**ui, "nodes": [dict(n) for n in ui["nodes"]]}
+    bad_ui["nodes"][0]["widgets_values"] = bad_ui["nodes"][0]["widgets_values"][:-1]
+    assert lint_ui(bad_ui, info)
