@@ -26,11 +26,22 @@ def _is_widget(spec) -> bool:
     return isinstance(kind, list) or kind in WIDGET_SCALARS or kind == "COMBO"
 
 
-def _has_control(name: str, spec) -> bool:
+def _companion_value(name: str, spec):
+    """The extra value the frontend stores after this widget, or None.
+
+    Seeds (and ``control_after_generate`` widgets) get a "control after generate" combo;
+    ``image_upload`` combos get an upload button whose stored value is "image".
+    """
     options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    if options.get("control_after_generate"):
-        return True
-    return spec[0] == "INT" and name in ("seed", "noise_seed")
+    if options.get("control_after_generate") or (spec[0] == "INT" and name in ("seed", "noise_seed")):
+        return "fixed"
+    if options.get("image_upload"):
+        return "image"
+    return None
+
+
+def _has_control(name: str, spec) -> bool:
+    return _companion_value(name, spec) is not None
 
 
 def ordered_inputs(info: Dict[str, Any]) -> List[Tuple[str, list, bool]]:
@@ -215,7 +226,7 @@ def api_to_ui(prompt: Dict[str, Any], object_info: Dict[str, Any], titles: Dict[
         for name, spec, control in widget_layout(info):
             widgets.append(node["inputs"].get(name, (spec[1] or {}).get("default") if len(spec) > 1 else None))
             if control:
-                widgets.append("fixed")
+                widgets.append(_companion_value(name, spec))
         slots = []
         for name, spec, _ in ordered_inputs(info):
             if _is_widget(spec):
