@@ -136,16 +136,24 @@ def plucker_embedding(K: torch.Tensor, c2w: torch.Tensor, height: int, width: in
     rows = torch.arange(height, dtype=dtype, device=K.device) + 0.5
     fx, fy = K[..., 0, 0, None, None], K[..., 1, 1, None, None]
     cx, cy = K[..., 0, 2, None, None], K[..., 1, 2, None, None]
-    x = (cols[None, :] - cx) / fx  # [..., 1, W]
-    y = (rows[:, None] - cy) / fy  # [..., H, 1]
-    x, y = torch.broadcast_tensors(x, y)
-    directions = torch.stack([x, y, torch.ones_like(x)], dim=-1)  # [..., H, W, 3]
-    directions = directions / directions.norm(dim=-1, keepdim=True)
-    rotation = c2w[..., None, None, :3, :3]
-    rays_d = (rotation @ directions[..., None])[..., 0]
-    rays_o = c2w[..., None, None, :3, 3].expand_as(rays_d)
-    plucker = torch.cat([torch.linalg.cross(rays_o, rays_d, dim=-1), rays_d], dim=-1)
-    return plucker.movedim(-1, -3).contiguous()
+    x = (cols[None, :] - cx) / fx  # camera-space direction (x, y, 1) before normalising
+    y = (rows[:, None] - cy) / fy
+    inv_norm = torch.rsqrt(x * x + y * y + 1.0)  # [..., H, W]
+    camera_dir = (x * inv_norm, y * inv_norm, inv_norm)
+    # Written channel by channel straight into the [..., 6, H, W] result: no [..., H, W, 3]
+    # intermediates, cat or transposes (the maps are large: 6 x 256^2 per frame).
+    out = torch.empty(*c2w.shape[:-2], 6, height, width, dtype=dtype, device=K.device)
+    rotation, origin = c2w[..., :3, :3], c2w[..., :3, 3]
+    for i in range(3):  # d_world = R @ d_camera
+        r = rotation[..., i, :, None, None]
+        out[..., 3 + i, :, :] = r[..., 0, :, :] * camera_dir[0] + r[..., 1, :, :] * camera_dir[1] + \
+            r[..., 2, :, :] * camera_dir[2]
+    o = [origin[..., i, None, None] for i in range(3)]
+    d = [out[..., 3 + i, :, :] for i in range(3)]
+    out[..., 0, :, :] = o[1] * d[2] - o[2] * d[1]  # moment o x d
+    out[..., 1, :, :] = o[2] * d[0] - o[0] * d[2]
+    out[..., 2, :, :] = o[0] * d[1] - o[1] * d[0]
+    return out
 
 
 # --------------------------------------------------------------------------------------- intrinsics

@@ -196,4 +196,7 @@ class CameraSet:
         return (self.width, self.height, self.labels) == (other.width, other.height, other.labels) and \
             self.K.shape == other.K.shape and torch.equal(self.K, other.K) and torch.equal(self.c2w, other.c2w)
 
-    __hash__ = None  # tensors are mutable; a CameraSet is not a dict key
+
+# Value equality over tensors: unhashable (set after the class body because @dataclass(frozen=True)
+# would otherwise generate a field hash that disagrees with __eq__).
+CameraSet.__hash__ = None  # type: ignore[assignment]

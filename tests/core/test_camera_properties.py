@@ -33,18 +33,20 @@ def _random_camera(rng: np.random.Generator, size: int = 256):
 
 
 def _project(K, c2w, points):
-    """Pixels [N, 2] and depths [N] of world points [N, 3]."""
-    local = (torch.linalg.inv(c2w) @ torch.cat([points, torch.ones(len(points), 1, dtype=points.dtype)], 1).T).T
-    pixels = (K @ local[:, :3].T).T
+    """Pixels [N, 2] and depths [N] of world points [N, 3] (numpy: tiny matmuls, no thread pool)."""
+    K, c2w, points = (np.asarray(t, dtype=np.float64) for t in (K, c2w, points))
+    w2c = np.linalg.inv(c2w)
+    local = points @ w2c[:3, :3].T + w2c[:3, 3]
+    pixels = local @ K.T
     return pixels[:, :2] / pixels[:, 2:3], local[:, 2]
 
 
 def _points_in_front(rng, cameras, n=20):
     """Up to n random world points at positive depth in every camera (sampled in front of the first one)."""
-    c2w0 = cameras[0][0]
-    local = torch.as_tensor(np.stack([rng.uniform(-1, 1, 200), rng.uniform(-1, 1, 200), rng.uniform(1, 8, 200)], 1))
+    c2w0 = np.asarray(cameras[0][0])
+    local = np.stack([rng.uniform(-1, 1, 200), rng.uniform(-1, 1, 200), rng.uniform(1, 8, 200)], 1)
     world = local @ c2w0[:3, :3].T + c2w0[:3, 3]
-    keep = torch.ones(len(world), dtype=torch.bool)
+    keep = np.ones(len(world), dtype=bool)
     for c2w, K in cameras:
         keep &= _project(K, c2w, world)[1] > 0.1
     world = world[keep][:n]
@@ -53,10 +55,11 @@ def _points_in_front(rng, cameras, n=20):
 
 def _line_distance(F, x_src, x_tgt):
     """Pixel distance of each target point to the epipolar line of its source point."""
-    ones = torch.ones(len(x_src), 1, dtype=x_src.dtype)
-    lines = (F @ torch.cat([x_src, ones], 1).T).T
-    residual = (torch.cat([x_tgt, ones], 1) * lines).sum(1)
-    return residual.abs() / lines[:, :2].norm(dim=1)
+    F = np.asarray(F, dtype=np.float64)
+    ones = np.ones((len(x_src), 1))
+    lines = np.concatenate([x_src, ones], 1) @ F.T
+    residual = (np.concatenate([x_tgt, ones], 1) * lines).sum(1)
+    return np.abs(residual) / np.linalg.norm(lines[:, :2], axis=1)
 
 
 @SETTINGS
@@ -74,13 +77,14 @@ def test_projected_points_satisfy_epipolar_constraint(seed):
     F = fundamental_matrix(src[0], tgt[0], src[1], tgt[1])
     assert _line_distance(F, x_src, x_tgt).max() < 1e-6
     # relative algebraic residual, scale-free
-    ones = torch.ones(len(points), 1, dtype=torch.float64)
-    hs, ht = torch.cat([x_src, ones], 1), torch.cat([x_tgt, ones], 1)
-    algebraic = ((ht @ F) * hs).sum(1).abs() / (F.norm() * hs.norm(dim=1) * ht.norm(dim=1))
+    ones = np.ones((len(points), 1))
+    hs, ht, Fn = np.concatenate([x_src, ones], 1), np.concatenate([x_tgt, ones], 1), F.numpy()
+    algebraic = np.abs(((ht @ Fn) * hs).sum(1)) / (np.linalg.norm(Fn) * np.linalg.norm(hs, axis=1) *
+                                                    np.linalg.norm(ht, axis=1))
     assert algebraic.max() < 1e-9
     # a wrong correspondence is (almost surely) off the line: the test can fail
     if len(points) >= 3:
-        assert _line_distance(F, x_src, x_tgt.roll(1, 0)).max() > 1e-3
+        assert _line_distance(F, x_src, np.roll(x_tgt, 1, axis=0)).max() > 1e-3
 
 
 @SETTINGS
