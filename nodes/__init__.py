@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pkgutil
 from typing import Dict, List, Tuple
 
 from ._schema import NodeSchema, build_node_class, load_v3_io
 
-# Order matters only for readability of /object_info; ids are what workflows store.
-NODE_MODULES = ("camera",)
-
 log = logging.getLogger("cvd-multiview")
+
+
+def node_modules() -> List[str]:
+    """Every ``nodes/<name>.py`` that is not private (``_*``): each declares ``SCHEMAS``."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 def all_schemas() -> Tuple[List[NodeSchema], Dict[str, str]]:
     """Every node schema of the pack, plus ``{module: error}`` for modules that failed."""
     schemas: List[NodeSchema] = []
     failures: Dict[str, str] = {}
-    for name in NODE_MODULES:
+    for name in node_modules():
         try:
             module = importlib.import_module(f".{name}", __name__)
         except Exception as exc:  # keep the rest of the pack usable; say exactly what broke

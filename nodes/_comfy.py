@@ -141,3 +141,75 @@ def save_preview_images(images, prefix: str = "cvd_preview") -> list:
         Image.fromarray(pixels).save(os.path.join(folder, name), compress_level=1)
         entries.append({"filename": name, "subfolder": subfolder, "type": "temp"})
     return entries
+
+
+# ------------------------------------------------------------------------------ model folders
+
+def register_model_folder(name: str, extensions: tuple) -> None:
+    """Register ``models/<name>`` with ComfyUI's ``folder_paths`` (idempotent, both API versions)."""
+    try:
+        import folder_paths
+    except Exception:
+        return
+    if name in folder_paths.folder_names_and_paths:
+        return
+    path = os.path.join(folder_paths.models_dir, name)
+    folder_paths.folder_names_and_paths[name] = ([path], set(extensions))
+
+
+def model_folder_paths(name: str) -> List[str]:
+    try:
+        import folder_paths
+        return list(folder_paths.get_folder_paths(name))
+    except Exception:
+        return []
+
+
+def list_model_entries(name: str, extensions: tuple, folder_markers: tuple = ("config.json",)) -> List[str]:
+    """Single files with ``extensions`` and model folders (holding one of ``folder_markers``) in
+    every registered path of ``models/<name>``, relative to that path."""
+    entries = []
+    for root in model_folder_paths(name):
+        if not os.path.isdir(root):
+            continue
+        for current, dirs, files in os.walk(root, followlinks=True):
+            dirs.sort()
+            relative = os.path.relpath(current, root)
+            if relative != "." and any(marker in files for marker in folder_markers):
+                entries.append(relative.replace(os.sep, "/"))
+                dirs[:] = []  # a model folder's own subfolders are not separate models
+                continue
+            for file in sorted(files):
+                if file.lower().endswith(extensions):
+                    entries.append(os.path.normpath(os.path.join(relative, file)).replace(os.sep, "/"))
+    return sorted(set(entries))
+
+
+def resolve_model_entry(name: str, entry: str) -> str:
+    for root in model_folder_paths(name):
+        candidate = os.path.realpath(os.path.join(root, entry))
+        if os.path.commonpath([os.path.realpath(root), candidate]) != os.path.realpath(root):
+            continue
+        if os.path.exists(candidate):
+            return candidate
+    raise NodeInputError(f"{entry!r} not found in models/{name}/ ({', '.join(model_folder_paths(name)) or 'no folder registered'})")
+
+
+def free_memory(device) -> None:
+    """Ask ComfyUI to unload other models before a large allocation, where supported."""
+    try:
+        import comfy.model_management as mm
+        mm.soft_empty_cache()
+    except Exception:
+        pass
+
+
+# ------------------------------------------------------------------------------ metadata
+
+def metadata_disabled() -> bool:
+    """True when ComfyUI runs with ``--disable-metadata`` (savers then embed no prompt/workflow)."""
+    try:
+        from comfy.cli_args import args
+    except Exception:
+        return False
+    return bool(getattr(args, "disable_metadata", False))

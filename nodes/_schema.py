@@ -145,8 +145,8 @@ def check_ranges(schema: NodeSchema, values: Dict[str, Any]):
     by_name = {i.name: i for i in schema.inputs}
     for name, value in values.items():
         item = by_name.get(name)
-        if item is None or item.type not in ("INT", "FLOAT") or isinstance(value, (list, tuple)):
-            continue  # a link, validated when it runs
+        if item is None or item.type not in ("INT", "FLOAT") or value is None or isinstance(value, (list, tuple)):
+            continue  # a link (ComfyUI 2024 passes None for linked inputs): checked when it runs
         if item.min is not None and value < item.min:
             return f"{name} must be at least {item.min}, got {value}"
         if item.max is not None and value > item.max:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-EXAMPLE_POSES = Path(__file__).resolve().parents[2] / "examples" / "poses"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLE_POSES = EXAMPLES / "poses"
 
 
 def write_sample_pose_files(folder: Path) -> list:

@@ -1,0 +1,190 @@
+"""``CVDModel``: the loaded CVD denoiser with the ``predict_noise`` contract.
+
+Batch layout (see the fixture README): row b of the UNet batch is one (view, CFG branch);
+``partner[b]`` is the row whose same-index frames give row b's CVSM keys and values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..camera.epipolar import epipolar_attention_bias
+from .cvsm import DEFAULT_SCORE_BUDGET
+from .network import CVDUNet
+from .pose_encoder import CameraPoseEncoder
+
+SlopeSetting = Union[None, float, str]
+
+
+def resolve_dtype(dtype: Union[str, torch.dtype], device: Union[str, torch.device]) -> torch.dtype:
+    """``"auto"`` -> fp16 on CUDA (bf16 where supported), fp32 on CPU/MPS; names or dtypes pass through."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if dtype in names:
+        return names[dtype]
+    if dtype != "auto":
+        raise ValueError(f"dtype must be one of auto, fp32, fp16, bf16 (or a torch.dtype), got {dtype!r}")
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+class CVDModel(nn.Module):
+    """UNet (SD1.5 + motion modules + CameraCtrl processors + CVSMs) and the CameraCtrl pose encoder.
+
+    Attributes a caller may set:
+        first_frame_slope: pseudo epipolar lines of frame 0 (F = 0): None = horizontal (default,
+            reproducible), a float angle in radians (normal of the line), or "random" (the official
+            ``epi_rand_slope_ff``: one angle ~ U(0, π) per resolution and call, from ``slope_generator``).
+        bias_mode: "relative" (official) or "absolute" (band in image pixels, see
+            ``cvd_core.camera.epipolar``).
+        pixel_band, decay_alpha: the bias parameters (3, 3).
+        attention_score_budget: max attention scores held at once by the CVSMs (elements); larger
+            problems are chunked over rows and queries with identical results. None = never chunk.
+        pose_adaptor_scale: CameraCtrl ``scale`` (1.0).
+    """
+
+    def __init__(self, unet: CVDUNet, pose_encoder: CameraPoseEncoder):
+        super().__init__()
+        self.unet = unet
+        self.pose_encoder = pose_encoder
+        self.first_frame_slope: SlopeSetting = None
+        self.slope_generator: Optional[torch.Generator] = None
+        self.bias_mode = "relative"
+        self.pixel_band = 3.0
+        self.decay_alpha = 3.0
+        self.attention_score_budget: Optional[int] = DEFAULT_SCORE_BUDGET
+        self.load_report: Dict[str, dict] = {}
+
+    # -- settings ------------------------------------------------------------------------------
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def pose_adaptor_scale(self) -> float:
+        for module in self.unet.modules():
+            if hasattr(module, "qkv_merge"):
+                return module.scale
+        return 0.0
+
+    @pose_adaptor_scale.setter
+    def pose_adaptor_scale(self, value: float) -> None:
+        for module in self.unet.modules():
+            if hasattr(module, "qkv_merge"):
+                module.scale = float(value)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _draw_slope(self) -> Optional[float]:
+        setting = self.first_frame_slope
+        if setting is None or isinstance(setting, (int, float)):
+            return setting
+        if setting == "random":
+            return float(torch.rand(1, generator=self.slope_generator)) * math.pi
+        raise ValueError(f"first_frame_slope must be None, a float (radians) or 'random', got {setting!r}")
+
+    def _bias_factory(self, F_rows: torch.Tensor, first_frame_rows: torch.Tensor, image_hw: Tuple[int, int]):
+        """bias_for(h, w) -> bias_for_rows(start, end); the full-range bias is cached per resolution."""
+        cache: Dict[Tuple[int, int], torch.Tensor] = {}
+        rows = F_rows.shape[0]
+
+        def bias_for(h: int, w: int):
+            slope = self._draw_slope()
+
+            def bias_for_rows(start: int, end: int) -> torch.Tensor:
+                full = start == 0 and end == rows
+                if full and (h, w) in cache:
+                    return cache[(h, w)]
+                bias = epipolar_attention_bias(F_rows[start:end], h, w, image_hw, pixel_band=self.pixel_band,
+                                               decay_alpha=self.decay_alpha, first_frame_slope=slope,
+                                               mode=self.bias_mode, pseudo_rows=first_frame_rows[start:end])
+                if full:
+                    cache[(h, w)] = bias
+                return bias
+
+            return bias_for_rows
+
+        return bias_for
+
+    @staticmethod
+    def _check_inputs(latents, text, plucker, F_mats, partner):
+        if latents.dim() != 5:
+            raise ValueError(f"latents must be [B, C, F, h, w], got shape {tuple(latents.shape)}")
+        batch, _, frames, h, w = latents.shape
+        if plucker.dim() != 5 or plucker.shape[:3] != (batch, 6, frames):
+            raise ValueError(f"plucker must be [B={batch}, 6, F={frames}, H, W], got {tuple(plucker.shape)}")
+        if plucker.shape[-2:] != (8 * h, 8 * w):
+            raise ValueError(f"plucker must be at image resolution (8x the latent {h}x{w}), "
+                             f"got {tuple(plucker.shape[-2:])}")
+        if F_mats.shape != (batch, frames, 3, 3):
+            raise ValueError(f"F_mats must be [B={batch}, F={frames}, 3, 3], got {tuple(F_mats.shape)}")
+        if text.dim() != 3 or text.shape[0] != batch:
+            raise ValueError(f"text must be [B={batch}, tokens, D], got {tuple(text.shape)}")
+        if partner.shape != (batch,):
+            raise ValueError(f"partner must be [B={batch}] row indices, got {tuple(partner.shape)}")
+        if bool(((partner < 0) | (partner >= batch)).any()):
+            raise ValueError(f"partner entries must be batch rows in [0, {batch}), got {partner.tolist()}")
+        if bool((partner == torch.arange(batch, device=partner.device)).any()):
+            raise ValueError("partner[b] must differ from b: CVSM attention is purely cross-view "
+                             f"(got {partner.tolist()})")
+
+    # -- the denoiser call ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict_noise(self, latents: torch.Tensor, timestep, text: torch.Tensor, plucker: torch.Tensor,
+                      F_mats: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+        """Raw noise prediction [B, 4, F, h, w] (before CFG) for one denoiser call.
+
+        latents [B,4,F,h,w]; timestep scalar or [B]; text [B,77,D]; plucker [B,6,F,8h,8w];
+        F_mats [B,F,3,3] with ``x_partnerᵀ F_mats[b,f] x_b = 0`` in image pixels; partner [B]
+        (row whose same-index frames give row b's keys/values). The F-image is the plucker's
+        H×W (the official F_mat_size = image height for square video).
+        """
+        device, dtype = self.device, self.dtype
+        partner = torch.as_tensor(partner, device=device).long().reshape(-1)
+        self._check_inputs(latents, text, plucker, F_mats, partner)
+        self._draw_slope()  # validates the setting before any compute
+        batch, _, frames = latents.shape[:3]
+        image_hw = tuple(int(s) for s in plucker.shape[-2:])
+
+        frame_index = torch.arange(frames, device=device)
+        partner_rows = (partner[:, None] * frames + frame_index).reshape(-1)
+        first_frame_rows = (frame_index == 0).repeat(batch)
+        F_rows = F_mats.to(device=device, dtype=torch.float32).reshape(-1, 3, 3)
+
+        timestep = torch.as_tensor(timestep, device=device)
+        if timestep.dim() == 0:
+            timestep = timestep[None]
+        pose_features = self.pose_encoder(plucker.to(device=device, dtype=dtype))
+        out = self.unet(latents.to(device=device, dtype=dtype), timestep, text.to(device=device, dtype=dtype),
+                        pose_features, partner_rows, self._bias_factory(F_rows, first_frame_rows, image_hw),
+                        self.attention_score_budget)
+        return out.to(latents.dtype)
+
+    def parameter_counts(self) -> Dict[str, int]:
+        """Parameter counts per part (for a model-info display)."""
+        counts = {"sd15_unet": 0, "motion_modules": 0, "pose_adaptor": 0, "cvsm": 0}
+        for name, p in self.unet.named_parameters():
+            if ".processor." in name:
+                counts["pose_adaptor"] += p.numel()
+            elif "motion_modules." in name:
+                counts["motion_modules"] += p.numel()
+            elif "epi_modules." in name:
+                counts["cvsm"] += p.numel()
+            else:
+                counts["sd15_unet"] += p.numel()
+        counts["pose_encoder"] = sum(p.numel() for p in self.pose_encoder.parameters())
+        return counts

@@ -1,0 +1,240 @@
+"""The collaborative N-view sampler (CVD paper §3.3, Alg. 1; official
+``pipeline_animation_epi_advanced.py::__call__``).
+
+At every denoising step the views are grouped into pairs (``pairing.pair_schedule``), every pair
+runs through the denoiser with its CVSMs attending across the pair, and each view's noise
+prediction is the average over the pairs it took part in. With ``recurrence`` R > 1 each step
+(except the last) is repeated R times, re-noising in between; with ``partitions`` Q > 1 (random
+pairing only) each iteration averages over Q independent matchings (the official
+``accumulate_step``).
+
+Denoiser protocol
+-----------------
+``denoiser.predict_noise(latents, timestep, text, plucker, F_mats, partner)`` as in
+``fixtures/cvd_backbone/README.md``: ``latents [B,C,F,h,w]``, ``timestep`` a 0-d int64 tensor,
+``text [B,77,D]``, ``plucker [B,6,F,H,W]``, ``F_mats [B,F,3,3]`` (row b: F mapping a pixel of row
+b's view to its epipolar line in row ``partner[b]``'s view), ``partner [B]`` int64; returns the raw
+(pre-CFG) noise prediction ``[B,C,F,h,w]``.
+
+For a single view (N = 1) there is no partner: the sampler passes ``F_mats=None`` and
+``partner=None``, which tells the denoiser to skip the CVSMs (plain CameraCtrl video). If the
+denoiser has ``dtype``/``device`` attributes, inputs are moved there; the sampler itself keeps the
+latents in float32.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ..progress import Progress, ensure_progress
+from . import noise as noise_streams
+from .batching import CallPlan, auto_max_batch, plan_calls, rows_per_iteration
+from .pairing import MAX_VIEWS, Pair, pair_schedule, pairs_per_view
+from .scheduler_base import DiscreteScheduler
+
+FundamentalSource = Union[Callable[[int, int], torch.Tensor], Mapping[Tuple[int, int], torch.Tensor]]
+PreviewCallback = Callable[[int, int, torch.Tensor], None]
+
+
+class _Fundamentals:
+    """F(i→j) lookup with caching; a dict may hold either orientation (Fᵀ gives the other)."""
+
+    def __init__(self, source: Optional[FundamentalSource], frames: int):
+        self._source = source
+        self._frames = frames
+        self._cache: Dict[Tuple[int, int], torch.Tensor] = {}
+
+    def _fetch(self, i: int, j: int) -> torch.Tensor:
+        if callable(self._source):
+            return torch.as_tensor(self._source(i, j))
+        if (i, j) in self._source:
+            return torch.as_tensor(self._source[(i, j)])
+        if (j, i) in self._source:
+            return torch.as_tensor(self._source[(j, i)]).transpose(-1, -2)
+        raise KeyError(f"no fundamental matrices for views ({i}, {j}): the F_of dict needs the key "
+                       f"({i}, {j}) or ({j}, {i})")
+
+    def __call__(self, i: int, j: int) -> torch.Tensor:
+        if (i, j) not in self._cache:
+            f = self._fetch(i, j).to(torch.float32)
+            if tuple(f.shape) != (self._frames, 3, 3):
+                raise ValueError(f"F_of({i}, {j}) must be [{self._frames}, 3, 3] (one F per frame), "
+                                 f"got {list(f.shape)}")
+            self._cache[(i, j)] = f
+        return self._cache[(i, j)]
+
+
+def _per_view(name: str, t: Optional[torch.Tensor], n_views: int, ndim: int) -> Optional[torch.Tensor]:
+    """Broadcast a one-for-all tensor ([1, ...]) to the views and check the leading size."""
+    if t is None:
+        return None
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions (views first), got shape {list(t.shape)}")
+    if t.shape[0] == 1 and n_views > 1:
+        t = t.expand(n_views, *t.shape[1:])
+    if t.shape[0] != n_views:
+        raise ValueError(f"{name} has {t.shape[0]} entries but there are {n_views} views "
+                         f"(give one per view, or one for all)")
+    return t
+
+
+def _validate(latents: torch.Tensor, plucker: torch.Tensor, F_of, strategy: str, recurrence: int,
+              partitions: int) -> None:
+    if latents.dim() != 5:
+        raise ValueError(f"latents must be [views, C, frames, h, w], got shape {list(latents.shape)}")
+    n_views, frames = latents.shape[0], latents.shape[2]
+    if not 1 <= n_views <= MAX_VIEWS:
+        raise ValueError(f"views must be from 1 to {MAX_VIEWS}, got {n_views}")
+    if plucker.dim() != 5 or plucker.shape[1] != 6 or plucker.shape[2] != frames:
+        raise ValueError(f"plucker must be [views, 6, {frames}, H, W], got shape {list(plucker.shape)}")
+    if n_views > 1 and F_of is None:
+        raise ValueError("F_of (fundamental matrices per view pair) is required for 2 or more views")
+    if recurrence < 1:
+        raise ValueError(f"recurrence must be >= 1, got {recurrence}")
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    if partitions > 1 and strategy != "random":
+        raise ValueError(f"partitions > 1 needs strategy 'random' (the '{strategy}' pairing is the same "
+                         f"for every partition), got partitions={partitions}")
+
+
+def _iteration_pairs(n_views: int, strategy: str, step: int, seed: int, recurrence_index: int,
+                     partitions: int) -> List[Pair]:
+    pairs: List[Pair] = []
+    for q in range(partitions):
+        pairs += pair_schedule(n_views, strategy, step, seed, substep=recurrence_index * partitions + q)
+    return pairs
+
+
+class _Runner:
+    """Holds the per-run inputs and runs the denoiser calls of one iteration."""
+
+    def __init__(self, denoiser, latents, cond, uncond, plucker, fundamentals, guidance_scale,
+                 use_cfg, max_batch, progress):
+        self.denoiser = denoiser
+        self.predict = getattr(denoiser, "predict_noise", denoiser)
+        self.model_device = torch.device(getattr(denoiser, "device", latents.device))
+        model_dtype = getattr(denoiser, "dtype", None)
+        self.model_dtype = model_dtype if isinstance(model_dtype, torch.dtype) else torch.float32
+        self.texts = (uncond, cond)
+        self.plucker = plucker
+        self.fundamentals = fundamentals
+        self.guidance_scale = guidance_scale
+        self.branches = (0, 1) if use_cfg else (1,)
+        self.max_batch = max_batch
+        self.progress = progress
+        self.n_views = latents.shape[0]
+
+    def _call(self, plan: CallPlan, latents: torch.Tensor, t: int) -> torch.Tensor:
+        dev, dt = self.model_device, self.model_dtype
+        views = [r.view for r in plan.rows]
+        x = latents[views].to(dev, dt)
+        text = torch.stack([self.texts[r.branch][r.view] for r in plan.rows]).to(dev, dt)
+        pl = self.plucker[views].to(dev, dt)
+        if plan.partner is None:
+            f_mats, partner = None, None
+        else:
+            f_mats = torch.stack([self.fundamentals(r.view, plan.rows[p].view)
+                                  for r, p in zip(plan.rows, plan.partner)]).to(dev, dt)
+            partner = torch.tensor(plan.partner, dtype=torch.long, device=dev)
+        timestep = torch.tensor(t, dtype=torch.long, device=dev)
+        out = self.predict(x, timestep, text, pl, f_mats, partner)
+        if tuple(out.shape) != tuple(x.shape):
+            raise ValueError(f"denoiser returned shape {list(out.shape)} for input {list(x.shape)}")
+        return out.to(latents.device, torch.float32)
+
+    def calls_for(self, pairs: Sequence[Pair]) -> List[CallPlan]:
+        return plan_calls(pairs, self.branches, self.max_batch)
+
+    def predict_eps(self, latents: torch.Tensor, t: int, pairs: Sequence[Pair]) -> torch.Tensor:
+        """Per-view noise prediction: mean over the view's pairs, then CFG."""
+        sums = {b: torch.zeros_like(latents) for b in self.branches}
+        for plan in self.calls_for(pairs):
+            self.progress.check()
+            out = self._call(plan, latents, t)
+            for n, r in enumerate(plan.rows):
+                sums[r.branch][r.view] += out[n]
+            self.progress.advance(1)  # may raise: the user cancelled
+        counts = pairs_per_view(self.n_views, pairs) if pairs else [1]
+        div = torch.tensor(counts, dtype=torch.float32, device=latents.device).view(-1, 1, 1, 1, 1)
+        cond = sums[1] / div
+        if len(self.branches) == 1:
+            return cond
+        uncond = sums[0] / div
+        return uncond + self.guidance_scale * (cond - uncond)
+
+
+@torch.no_grad()
+def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
+                     uncond: Optional[torch.Tensor], plucker: torch.Tensor,
+                     F_of: Optional[FundamentalSource], scheduler: DiscreteScheduler,
+                     guidance_scale: float = 8.5, strategy: str = "random", recurrence: int = 1,
+                     max_batch: Optional[int] = None, seed: int = 0,
+                     progress: Optional[Progress] = None,
+                     preview_callback: Optional[PreviewCallback] = None,
+                     partitions: int = 1) -> torch.Tensor:
+    """Denoise N views together; returns the final latents ``[V, C, F, h, w]`` (float32).
+
+    - ``latents_init``: x_T (e.g. ``noise.initial_noise``, or ``scheduler.add_noise`` for a
+      partial denoise). ``cond``/``uncond``: text embeddings ``[V or 1, 77, D]``; ``uncond`` may
+      be None when ``guidance_scale == 1`` (no unconditional rows are run then).
+    - ``plucker [V, 6, F, H, W]``; ``F_of(i, j) -> [F, 3, 3]`` or a dict keyed by ``(i, j)``
+      (either orientation); not needed for one view.
+    - ``strategy``: ``random``/``all_pairs``/``fixed`` (see ``pairing``); ``recurrence`` R >= 1
+      iterations per step (1 at the last step); ``partitions`` Q random matchings per iteration.
+    - ``max_batch``: rows per denoiser call (>= 2, or 1 for a single view); None = from free
+      memory. The result does not depend on it.
+    - ``seed``: pairing and all noise drawn during sampling (recurrence, MCM re-noise).
+    - ``progress``: ``start(total)`` with total = number of denoiser calls, ``advance(1)`` after
+      each call; an exception raised there (cancel) propagates.
+    - ``preview_callback(step_index, n_steps, x0_view0 [C, F, h, w])`` after every step.
+    """
+    _validate(latents_init, plucker, F_of, strategy, recurrence, partitions)
+    n_views, _, frames = latents_init.shape[:3]
+    use_cfg = float(guidance_scale) != 1.0
+    if getattr(scheduler, "guidance_distilled", False) and use_cfg:
+        warnings.warn(f"this scheduler's model has distilled guidance (MCM): guidance_scale should be 1, "
+                      f"got {guidance_scale}; it doubles the work and over-saturates", stacklevel=2)
+    cond = _per_view("cond", cond, n_views, 3)
+    uncond = _per_view("uncond", uncond, n_views, 3)
+    if use_cfg and uncond is None:
+        raise ValueError(f"guidance_scale {guidance_scale} needs uncond embeddings (or use guidance_scale 1)")
+    plucker = _per_view("plucker", plucker, n_views, 5)
+    progress = ensure_progress(progress)
+    latents = latents_init.to(torch.float32).clone()
+    view_shape = tuple(latents.shape[1:])
+
+    n_steps = len(scheduler.timesteps)
+    schedule = [[_iteration_pairs(n_views, strategy, i, seed, r, partitions)
+                 for r in range(recurrence if i != n_steps - 1 else 1)] for i in range(n_steps)]
+    n_branches = 2 if use_cfg else 1
+    if max_batch is None:
+        widest = max(rows_per_iteration(len(p), n_branches) for step in schedule for p in step)
+        model_dtype = getattr(denoiser, "dtype", torch.float32)
+        max_batch = auto_max_batch(view_shape, widest, n_views,
+                                   torch.device(getattr(denoiser, "device", latents.device)),
+                                   model_dtype if isinstance(model_dtype, torch.dtype) else torch.float32)
+    runner = _Runner(denoiser, latents, cond, uncond, plucker, _Fundamentals(F_of, frames),
+                     float(guidance_scale), use_cfg, int(max_batch), progress)
+    progress.start(sum(len(runner.calls_for(p)) for step in schedule for p in step))
+
+    for i, t in enumerate(scheduler.timesteps):
+        iterations = schedule[i]
+        for r, pairs in enumerate(iterations):
+            eps = runner.predict_eps(latents, t, pairs)
+            step_noise = None
+            if scheduler.step_needs_noise(i):
+                step_noise = noise_streams.multiview_noise(seed, noise_streams.STEP, i, r, n_views,
+                                                           view_shape, latents.device)
+            out = scheduler.step(eps, i, latents, step_noise)
+            latents = out.prev_sample
+            if r != len(iterations) - 1:
+                renoise = noise_streams.multiview_noise(seed, noise_streams.RECURRENCE, i, r, n_views,
+                                                        view_shape, latents.device)
+                latents = scheduler.renoise(latents, i, renoise)
+        if preview_callback is not None:
+            preview_callback(i, n_steps, out.pred_original_sample[0])
+    return latents
