@@ -12,7 +12,10 @@ _PACK_DIR = os.path.dirname(os.path.abspath(__file__))
 if _PACK_DIR not in sys.path:
     sys.path.append(_PACK_DIR)
 
-from .nodes import build_mappings  # noqa: E402
+if __package__:  # imported as a package, as ComfyUI does
+    from .nodes import build_mappings  # noqa: E402
+else:  # imported as a plain module (pytest collecting the repository root)
+    from nodes import build_mappings  # noqa: E402
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = build_mappings()
 WEB_DIRECTORY = "./web"

@@ -53,3 +53,19 @@ def test_every_workflow_ships_in_both_formats():
     api = {p.stem for p in (ROOT / "workflows" / "api").glob("*.json")}
     ui = {p.stem for p in (ROOT / "workflows").glob("*.json")}
     assert api and api == ui, f"API-only: {api - ui}, UI-only: {ui - api}"
+
+
+def test_root_init_imports_outside_a_package():
+    """pytest (and other tools) may import the repository root's __init__.py as a plain module when
+    the clone's folder name is not an identifier (e.g. 'cvd-multiview'); it must still work."""
+    import importlib.util
+    import subprocess
+
+    script = ("import importlib.util, sys\n"
+              f"sys.path.insert(0, {str(ROOT)!r})\n"
+              f"spec = importlib.util.spec_from_file_location('__init__', {str(ROOT / '__init__.py')!r})\n"
+              "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+              "print(len(module.NODE_CLASS_MAPPINGS))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout.strip().splitlines()[-1]) > 10
