@@ -1,0 +1,106 @@
+// Unit tests of the extension's DOM-free modules with Node's own test runner (no browser):
+//   node --test pure_modules.test.mjs
+// Run by tests/integration/test_browser.py::test_pure_modules_under_node.
+
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { loopDrift, SharedClock, slaveVideos } from "../../web/lib/shared_clock.js";
+import { orbitProjector, rigGeometry, viewColor } from "../../web/lib/rig_view.js";
+import { gridColumns, patternFrameName, preferredHeight } from "../../web/lib/player_grid.js";
+
+function fakeTime() {
+  let ms = 0;
+  return { now: () => ms, advance: (s) => { ms += s * 1000; } };
+}
+
+test("loopDrift folds differences across the loop point", () => {
+  assert.ok(Math.abs(loopDrift(0.05, 1.95, 2) - 0.1) < 1e-9);
+  assert.ok(Math.abs(loopDrift(1.95, 0.05, 2) + 0.1) < 1e-9);
+  assert.equal(loopDrift(0.5, 0.5, 2), 0);
+});
+
+test("the clock plays, loops, pauses and seeks to frame centres", () => {
+  const t = fakeTime();
+  const clock = new SharedClock({ fps: 8, frames: 16, now: t.now });
+  assert.equal(clock.duration, 2);
+  assert.equal(clock.frame(), 0);
+  clock.play();
+  t.advance(0.5);
+  assert.equal(clock.frame(), 4);
+  t.advance(2.0); // a whole loop later: same frame
+  assert.equal(clock.frame(), 4);
+  clock.pause();
+  t.advance(1.0);
+  assert.equal(clock.frame(), 4, "a paused clock does not move");
+  clock.seekFrame(5);
+  assert.equal(clock.time(), 5.5 / 8);
+  clock.seekFrame(99);
+  assert.equal(clock.frame(), 15, "seeks are clamped to the last frame");
+  assert.equal(clock.tolerance(), 0.5 / 8);
+});
+
+test("slaveVideos seeks only players that drifted more than half a frame", () => {
+  const t = fakeTime();
+  const clock = new SharedClock({ fps: 10, frames: 20, now: t.now });
+  clock.seekFrame(10); // 1.05 s
+  const near = { readyState: 4, paused: true, seeking: false, currentTime: 1.07, duration: 2 };
+  const far = { readyState: 4, paused: true, seeking: false, currentTime: 0.2, duration: 2 };
+  const busy = { readyState: 4, paused: true, seeking: true, currentTime: 0.2, duration: 2 };
+  assert.equal(slaveVideos(clock, [near, far, busy]), 1);
+  assert.equal(near.currentTime, 1.07);
+  assert.equal(far.currentTime, 1.05);
+  assert.equal(busy.currentTime, 0.2, "a seeking player is left alone until its seek completes");
+});
+
+test("slaveVideos starts and stops players with the clock", () => {
+  const t = fakeTime();
+  const clock = new SharedClock({ fps: 8, frames: 16, now: t.now });
+  let plays = 0, pauses = 0;
+  const video = {
+    readyState: 4, paused: true, seeking: false, currentTime: 0.0625, duration: 2,
+    play() { plays += 1; this.paused = false; return Promise.resolve(); },
+    pause() { pauses += 1; this.paused = true; },
+  };
+  clock.play();
+  slaveVideos(clock, [video]);
+  assert.equal(plays, 1);
+  clock.pause();
+  slaveVideos(clock, [video]);
+  assert.equal(pauses, 1);
+});
+
+test("rigGeometry reads CameraSet.to_dict() rigs and single trajectories", () => {
+  const eye = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]];
+  const moved = [[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 2], [0, 0, 0, 1]];
+  const K = [[100, 0, 64], [0, 100, 64], [0, 0, 1]];
+  const rig = { format: "cvd_cameras/1", width: 128, height: 128, labels: ["a", "b"],
+    K: [[K, K], [K, K]], c2w: [[eye, moved], [eye, eye]] };
+  const geometry = rigGeometry(rig);
+  assert.equal(geometry.views.length, 2);
+  assert.deepEqual(geometry.views[0].centers[1], [1, 0, 2]);
+  assert.equal(geometry.views[1].label, "b");
+  // Frustum corners lie in front of the camera (z > centre z for an identity rotation).
+  for (const corner of geometry.views[0].frusta[0].slice(1)) assert.ok(corner[2] > 0);
+  const single = rigGeometry({ width: 128, height: 128, labels: ["x"], K: [K, K], c2w: [eye, moved] });
+  assert.equal(single.views.length, 1);
+  assert.throws(() => rigGeometry({ width: 1 }), /K and c2w/);
+});
+
+test("the orbit projector puts the centre in the middle and hides points behind the eye", () => {
+  const project = orbitProjector({ center: [0, 0, 0], radius: 1, yaw: 0, pitch: 0, zoom: 1, width: 200, height: 100 });
+  const [x, y] = project([0, 0, 0]);
+  assert.ok(Math.abs(x - 100) < 1e-9 && Math.abs(y - 50) < 1e-9);
+  assert.ok(project([0.5, 0, 0])[0] > 100, "+x is to the right");
+  assert.ok(project([0, 0.5, 0])[1] > 50, "+y (OpenCV down) is down");
+  assert.equal(project([0, 0, -10]), null);
+});
+
+test("view colours match cvd_core.viz.view_colors and layout helpers are sane", () => {
+  assert.equal(viewColor(1), "rgb(230,97,0)");
+  assert.match(viewColor(12), /^rgb\(\d+,\d+,\d+\)$/);
+  assert.deepEqual([1, 2, 3, 4, 5, 9].map(gridColumns), [1, 2, 2, 2, 3, 3]);
+  assert.equal(patternFrameName("frame_%05d.png", 7), "frame_00007.png");
+  const entry = { views: [{}, {}, {}, {}], width: 128, height: 64 };
+  assert.ok(preferredHeight(entry, 420) < preferredHeight(entry, 840), "wider nodes get taller players");
+});

@@ -1,0 +1,375 @@
+"""The pack's web extension in a real browser against the real (2024-03) ComfyUI.
+
+Debian's ``chromium`` (apt) is driven by ``playwright-core`` (npm, pinned in
+``tests/browser/package-lock.json``; it never downloads a browser of its own). The test installs
+both when they are missing: ``apt-get update && apt-get install -y chromium`` (skipped with a clear
+message only where apt is unavailable) and ``npm ci`` in ``tests/browser``.
+
+The workflow: a rig of 4 cameras (custom JSON) -> CVD_CameraPreview, and the views of a small
+ray-cast scene rendered through that rig (uploaded as one animated PNG, loaded by core LoadImage)
+-> CVD_SaveMultiViewVideo (webm). ``tests/browser/run_browser_test.mjs`` opens the UI, loads the
+workflow, queues it through the HTTP API under the page's client id, and measures; this file
+asserts on the measurements and on the screenshots.
+
+``CVD_SCREENSHOT_DIR=docs/screenshots`` also copies the screenshots there (the README's pictures).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support.workflow_format import api_to_ui
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+BROWSER_DIR = ROOT / "tests" / "browser"
+SCRIPT = BROWSER_DIR / "run_browser_test.mjs"
+CHROMIUM = Path(os.environ.get("CVD_CHROMIUM", "/usr/bin/chromium"))
+VIEWS, FRAMES, SIZE, FPS = 4, 16, 128, 8.0
+LABELS = ["right", "down", "left", "up"]  # where each view of synthetic_scene.make_rig moves to
+MULTIVIEW_NODE, RIG_NODE = "4", "2"
+
+
+# ------------------------------------------------------------------------------ dependencies
+
+def _run(cmd, cwd=None, timeout=900):
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n"
+                           f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return result
+
+
+def _apt(*packages: str) -> None:
+    """Install Debian packages, or skip the test where apt itself is unavailable."""
+    if shutil.which("apt-get") is None:
+        pytest.skip(f"the browser test needs {', '.join(packages)} and this machine has no apt-get to install them "
+                    f"(install Debian's chromium, Node.js 20+ and npm, or set CVD_CHROMIUM)")
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    _run(sudo + ["apt-get", "update", "-q"])
+    _run(sudo + ["apt-get", "install", "-y", "-q", *packages])
+
+
+def ensure_chromium() -> Path:
+    if not CHROMIUM.exists():
+        _apt("chromium")
+    if not CHROMIUM.exists():
+        raise RuntimeError(f"apt-get installed chromium but {CHROMIUM} does not exist")
+    return CHROMIUM
+
+
+def ensure_playwright() -> None:
+    """``npm ci`` in tests/browser when node_modules is missing or older than the lock file."""
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        _apt("nodejs", "npm")
+    lock = BROWSER_DIR / "package-lock.json"
+    stamp = BROWSER_DIR / "node_modules" / ".cvd-lock-copy.json"
+    if stamp.exists() and stamp.read_bytes() == lock.read_bytes():
+        return
+    _run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=BROWSER_DIR)
+    stamp.write_bytes(lock.read_bytes())
+
+
+# ------------------------------------------------------------------------------ workflow
+
+def _render_views():
+    """``[V, T, H, W, 3]`` frames of the synthetic scene and the rig (K, c2w) they were rendered with."""
+    from tests.core.synthetic_scene import make_rig, make_scene, render_view
+
+    K, c2w = make_rig(VIEWS, FRAMES, SIZE, SIZE)
+    scene = make_scene(0)
+    frames = np.stack([np.stack([render_view(scene, K[v, t], c2w[v, t], SIZE, SIZE, supersample=1)
+                                 for t in range(FRAMES)]) for v in range(VIEWS)])
+    return frames, c2w
+
+
+def _write_animated_png(frames: np.ndarray, path: Path) -> None:
+    pixels = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8).reshape(-1, SIZE, SIZE, 3)
+    images = [Image.fromarray(frame) for frame in pixels]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=125, loop=0)
+
+
+def build_prompt(image_name: str, c2w: np.ndarray) -> dict:
+    custom = {"fov_deg": 60.0, "views": [{"label": LABELS[v], "c2w": c2w[v].tolist()} for v in range(VIEWS)]}
+    # perturb_seed does not change a custom rig, but it is part of ComfyUI's cache key: a fresh value
+    # makes the server execute (and send "executed" to the page) even after an identical earlier run.
+    seed = int(uuid.uuid4().int % 2**31)
+    return {
+        "1": {"class_type": "CVD_CameraTrajectory", "_meta": {"title": "Rig of the synthetic scene"},
+              "inputs": {"preset": "custom_json", "views": VIEWS, "frames": FRAMES, "width": SIZE, "height": SIZE,
+                         "camera_dist": 0.5, "speed": 1.0, "angle_deg": 30.0, "fov_deg": 0.0, "perturb": 0.0,
+                         "perturb_seed": seed, "custom_json": json.dumps(custom)}},
+        RIG_NODE: {"class_type": "CVD_CameraPreview", "_meta": {"title": "Rig preview"},
+                   "inputs": {"cameras": ["1", 0], "width": 512, "height": 256}},
+        "3": {"class_type": "LoadImage", "_meta": {"title": "4 views x 16 frames (view-major)"},
+              "inputs": {"image": image_name}},
+        MULTIVIEW_NODE: {"class_type": "CVD_SaveMultiViewVideo", "_meta": {"title": "Multi-view video"},
+                         "inputs": {"images": ["3", 0], "views": 0, "filename_prefix": "cvd_browser/views",
+                                    "fps": FPS, "format": "webm", "quality": 60, "save_grid": True,
+                                    "cameras": ["1", 0]}},
+    }
+
+
+# ------------------------------------------------------------------------------ screenshots
+
+def _foreground_fraction(image: Image.Image, background: Image.Image) -> float:
+    """Share of pixels that differ clearly (> 24 of 255 in some channel) from the background crop."""
+    a = np.asarray(image.convert("RGB"), dtype=np.int16)
+    b = np.asarray(background.convert("RGB").resize(image.size), dtype=np.int16)
+    return float((np.abs(a - b).max(axis=-1) > 24).mean())
+
+
+def _distinct_colours(image: Image.Image) -> int:
+    pixels = np.asarray(image.convert("RGB").resize((96, 96))).reshape(-1, 3)
+    return len(np.unique(pixels, axis=0))
+
+
+# ------------------------------------------------------------------------------ one browser run
+
+def run_browser_check(server, work: Path) -> dict:
+    """Render inputs, upload them to ``server`` and drive the browser; returns the script's report.
+
+    ``server`` needs ``url``, ``upload(path)``, ``object_info()`` and ``log_tail(n)`` (the
+    ``comfy_server`` fixture, or :class:`LiveServer` for a ComfyUI started by hand).
+    """
+    started = time.monotonic()
+    ensure_chromium()
+    ensure_playwright()
+    deps_seconds = time.monotonic() - started
+
+    frames, c2w = _render_views()
+    image_path = work / f"cvd_browser_views_{uuid.uuid4().hex[:8]}.png"
+    _write_animated_png(frames, image_path)
+    server.upload(image_path)
+    prompt = build_prompt(image_path.name, c2w)
+    workflow = api_to_ui(prompt, server.object_info())
+    # Side by side, so the previews (which grow their nodes) never overlap in the screenshots.
+    positions = {RIG_NODE: [440, 60], MULTIVIEW_NODE: [920, 60]}
+    for node in workflow["nodes"]:
+        node["pos"] = positions.get(str(node["id"]), node["pos"])
+    out_dir = work / "out"
+    config = {"url": server.url, "prompt": {k: {"class_type": v["class_type"], "inputs": v["inputs"]}
+                                            for k, v in prompt.items()},
+              "workflow": workflow, "multiview_node": MULTIVIEW_NODE, "rig_node": RIG_NODE, "views": VIEWS,
+              "rerun_seed_node": "1", "fps": FPS, "frames": FRAMES, "out_dir": str(out_dir), "chromium": str(CHROMIUM)}
+    config_path = work / "config.json"
+    config_path.write_text(json.dumps(config))
+
+    browser_started = time.monotonic()
+    result = subprocess.run(["node", str(SCRIPT), str(config_path)], cwd=BROWSER_DIR, capture_output=True,
+                            text=True, timeout=180)
+    browser_seconds = time.monotonic() - browser_started
+    report_path = out_dir / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    if result.returncode != 0 or not report.get("ok"):
+        raise AssertionError(f"browser script failed (exit {result.returncode}): {report.get('error')}\n"
+                             f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}\n"
+                             f"--- server log\n{server.log_tail(30)}")
+    report["timing"] = {"deps_s": round(deps_seconds, 2), "browser_s": round(browser_seconds, 2),
+                        "total_s": round(time.monotonic() - started, 2)}
+    print(f"[browser] timings: {report['timing']}; script phases (s): {report.get('phases')}")
+    screenshots = os.environ.get("CVD_SCREENSHOT_DIR")
+    if screenshots:
+        target = Path(screenshots)
+        target = target if target.is_absolute() else ROOT / target
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("multiview_grid.png", "rig_view.png"):
+            # 128 colours without dithering: the README pictures stay small in the repository.
+            picture = Image.open(out_dir / name).convert("RGB")
+            picture.quantize(colors=128, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
+                target / name, optimize=True)
+    report["out_dir"] = out_dir
+    return report
+
+
+# ------------------------------------------------------------------------------ checks
+
+def check_extension_registered(report: dict) -> None:
+    assert report["extension_registered"], "app.extensions has no 'cvd.multiview'"
+    assert report["pack_nodes_marked"], "nodeCreated did not run for the pack's nodes"
+    ours = [e for e in report["console_errors"] if "cvd" in e.lower()]
+    assert not ours, f"errors from the extension in the browser console: {ours}"
+
+
+def check_grid(report: dict) -> None:
+    grid = report["grid"]
+    assert grid["videos"] == VIEWS, grid
+    assert grid["labels"] == [f"view {i}: {LABELS[i]}" for i in range(VIEWS)], grid["labels"]
+    assert all(ready >= 2 for ready in grid["ready_states"]), grid["ready_states"]
+    # One download link per view and one for the grid video, all served by /view.
+    assert len(grid["downloads"]) == VIEWS + 1, grid["downloads"]
+    assert all(status == 200 for status in grid["download_status"]), grid["download_status"]
+
+
+def check_shared_clock(report: dict) -> None:
+    frame = 1.0 / FPS
+    sync = report["sync"]
+    for phase in ("playing", "after_desync", "after_seek", "playing_after_seek"):
+        spread = sync[phase]["spread"]
+        assert spread <= frame, f"{phase}: views disagree by {spread:.3f} s (> one frame, {frame:.3f} s): {sync[phase]}"
+    assert sync["playing"]["advanced"] > 2 * frame, f"players did not advance while playing: {sync['playing']}"
+    assert sync["after_desync"]["resyncs"] >= 1, "a player pushed off the clock was not seeked back"
+    seek = sync["after_seek"]
+    assert seek["paused"] and seek["frame_text"].startswith(f"frame {seek['frame'] + 1}/{FRAMES}"), seek
+    assert seek["frame"] == 5, f"the timeline was set to frame 5 but the clock is at {seek['frame']}"
+    target = (seek["frame"] + 0.5) * frame
+    assert max(abs(t - target) for t in seek["times"]) <= frame / 2, seek
+    assert sync["playing_after_seek"]["advanced"] > frame, sync["playing_after_seek"]
+
+
+def check_rerun(report: dict) -> None:
+    rerun = report["rerun"]
+    assert rerun["widgets"] == 1, f"re-execution added a second player widget: {rerun}"
+    assert rerun["videos_in_widget"] == VIEWS and rerun["videos_in_page"] == VIEWS, rerun
+    assert rerun["old_disposed"] and rerun["old_videos_released"], f"the old players were not stopped: {rerun}"
+    assert rerun["playing"], rerun
+
+
+def check_resize(report: dict) -> None:
+    resize = report["resize"]
+    assert resize["after"] >= resize["before"] + 150, f"the players did not follow the node's new width: {resize}"
+    assert resize["same_players"] and resize["videos"] == VIEWS and resize["video_height"] > 40, resize
+
+
+def check_rig_view(report: dict) -> None:
+    rig = report["rig"]
+    assert rig["draw_count"] >= 1
+    assert rig["ink_fraction"] > 0.01, f"the 3-D rig view is almost empty: {rig}"
+    assert rig["view_colours_found"] == VIEWS, rig
+    assert rig["changed_after_drag"], "dragging the rig view did not change the drawing"
+
+
+def check_progress(report: dict) -> None:
+    progress = report["progress"]
+    assert progress, "the save node sent no progress messages to the page"
+    assert all(p["text"] == f"step {p['value']}/{p['max']}" for p in progress), progress
+
+
+def check_screenshots(report: dict) -> None:
+    out = Path(report["out_dir"])
+    background = Image.open(out / "background.png")
+    assert _distinct_colours(background) < 40, "the background crop is not plain background"
+    for name in ("multiview_grid.png", "rig_view.png"):
+        shot = Image.open(out / name)
+        fraction = _foreground_fraction(shot, background)
+        assert fraction > 0.3, f"{name}: only {fraction:.1%} of the node differs from the empty canvas"
+        assert _distinct_colours(shot) > 200, f"{name} has too few colours to show videos or a rig"
+
+
+CHECKS = [check_extension_registered, check_grid, check_shared_clock, check_rerun, check_resize, check_rig_view, check_progress,
+          check_screenshots]
+
+
+# ------------------------------------------------------------------------------ the tests
+
+@pytest.fixture(scope="module")
+def browser_run(comfy_server, tmp_path_factory):
+    return run_browser_check(comfy_server, tmp_path_factory.mktemp("browser"))
+
+
+def test_extension_registers_and_loads_without_errors(browser_run):
+    check_extension_registered(browser_run)
+
+
+def test_grid_widget_shows_one_labelled_player_per_view(browser_run):
+    check_grid(browser_run)
+
+
+def test_players_share_one_clock_after_play_desync_and_seek(browser_run):
+    check_shared_clock(browser_run)
+
+
+def test_reexecution_replaces_the_players(browser_run):
+    check_rerun(browser_run)
+
+
+def test_resizing_the_node_keeps_and_refits_the_players(browser_run):
+    check_resize(browser_run)
+
+
+def test_rig_view_draws_and_orbits(browser_run):
+    check_rig_view(browser_run)
+
+
+def test_progress_messages_are_shown_as_step_text(browser_run):
+    check_progress(browser_run)
+
+
+def test_node_screenshots_are_not_blank(browser_run):
+    check_screenshots(browser_run)
+
+
+def test_pure_modules_under_node():
+    """The extension's DOM-free modules (shared clock, rig geometry, layout) under ``node --test``."""
+    if shutil.which("node") is None:
+        _apt("nodejs")
+    result = subprocess.run(["node", "--test", "pure_modules.test.mjs"], cwd=BROWSER_DIR, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------ any running ComfyUI
+
+class LiveServer:
+    """The few calls :func:`run_browser_check` makes, against a ComfyUI started by hand."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+
+    def object_info(self) -> dict:
+        with urllib.request.urlopen(self.url + "/object_info", timeout=60) as response:
+            return json.loads(response.read())
+
+    def upload(self, path: Path) -> None:
+        boundary = uuid.uuid4().hex
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{path.name}\"\r\n"
+                "Content-Type: image/png\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(self.url + "/upload/image", data=body, method="POST",
+                                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        urllib.request.urlopen(request, timeout=60).read()
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "(log of a server started by hand: see its console)"
+
+
+def main(argv=None) -> int:
+    """``python -m tests.integration.test_browser --url http://127.0.0.1:8188``: the same checks against
+    a running ComfyUI that has this pack in custom_nodes (e.g. a current ComfyUI and frontend)."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--keep", help="folder to keep the report and screenshots in (default: a temporary one)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.keep) if args.keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        report = run_browser_check(LiveServer(args.url), work)
+        print(f"[browser] UI: {report.get('ui')}")
+        failed = 0
+        for check in CHECKS:
+            try:
+                check(report)
+                print(f"PASS {check.__name__}")
+            except AssertionError as exc:
+                failed += 1
+                print(f"FAIL {check.__name__}: {exc}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,214 @@
+// cvd-multiview web extension: synchronized multi-view players, an interactive 3-D rig view, and
+// sampling progress text on the pack's nodes.
+//
+// Only extension APIs that both the 2024 legacy UI and the current ComfyUI frontend provide are used:
+// app.registerExtension, beforeRegisterNodeDef, nodeCreated, node.onExecuted, node.addDOMWidget and
+// api "progress"/"executing" events. Every hook is wrapped so that a failure here leaves the node's
+// plain outputs (the poster PNG, the preview image) untouched. Nothing is stored outside widget
+// values: the players and the rig view are rebuilt from the node's `ui` output on each execution.
+
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+import { PlayerGrid, preferredHeight } from "./lib/player_grid.js";
+import { RigView } from "./lib/rig_view.js";
+
+export const EXTENSION_NAME = "cvd.multiview";
+const MULTIVIEW_NODES = new Set(["CVD_SaveMultiViewVideo", "CVD_PreviewMultiView"]);
+const RIG_NODES = new Set(["CVD_CameraPreview"]);
+const PACK_PREFIX = "CVD_";
+const GRID_WIDGET = "cvd_multiview_players";
+const RIG_WIDGET = "cvd_rig_view";
+const MIN_NODE_WIDTH = 420;
+
+function warn(what, error) {
+  console.warn(`[cvd-multiview] ${what} failed; the plain outputs are still shown.`, error);
+}
+
+/** Run `fn`, logging instead of throwing: the extension must never break the UI. */
+function guarded(what, fn) {
+  try {
+    return fn();
+  } catch (error) {
+    warn(what, error);
+    return undefined;
+  }
+}
+
+/** URL of an output file via /view; `name` may carry a sub-path (PNG sequences). */
+export function viewUrl(file, name) {
+  let filename = String(name ?? file.filename);
+  let subfolder = String(file.subfolder ?? "");
+  const slash = filename.lastIndexOf("/");
+  if (slash >= 0) {
+    subfolder = [subfolder, filename.slice(0, slash)].filter(Boolean).join("/");
+    filename = filename.slice(slash + 1);
+  }
+  const query = new URLSearchParams({ filename, subfolder, type: String(file.type ?? "output") });
+  const route = `/view?${query}`;
+  return typeof api?.apiURL === "function" ? api.apiURL(route) : route;
+}
+
+function lastOf(list) {
+  return Array.isArray(list) && list.length ? list[list.length - 1] : null;
+}
+
+// ------------------------------------------------------------------------------------ DOM widgets
+
+/** The node's preview widget `name`, created on first use; null where addDOMWidget is missing. */
+function previewWidget(node, name, minHeight) {
+  const existing = node.widgets?.find((w) => w.name === name);
+  if (existing) return existing;
+  if (typeof node.addDOMWidget !== "function") return null;
+  const host = document.createElement("div");
+  host.className = `cvd-host ${name}`;
+  Object.assign(host.style, { boxSizing: "border-box", overflow: "hidden" });
+  const widget = node.addDOMWidget(name, "cvd_preview", host, {
+    serialize: false, // never part of the prompt
+    getValue: () => undefined,
+    setValue: () => {},
+    getMinHeight: () => minHeight(node),
+  });
+  widget.serialize = false; // never part of the saved workflow's widget values where honoured
+  const onRemoved = node.onRemoved;
+  node.onRemoved = function () {
+    guarded("disposing the preview", () => host.cvdController?.dispose());
+    return onRemoved?.apply(this, arguments);
+  };
+  return widget;
+}
+
+/** Grow the node so the new widget fits (never shrink what the user chose). */
+function fitNode(node) {
+  const wanted = node.computeSize?.() ?? node.size;
+  node.setSize?.([Math.max(node.size[0], wanted[0], MIN_NODE_WIDTH), Math.max(node.size[1], wanted[1])]);
+  node.setDirtyCanvas?.(true, true);
+  app.graph?.setDirtyCanvas?.(true, true);
+}
+
+/** Replace the controller living in a widget's element (old players are stopped first). */
+function replaceController(widget, make) {
+  const host = widget.element;
+  host.cvdController?.dispose();
+  host.cvdController = null;
+  host.cvdController = make(host);
+  return host.cvdController;
+}
+
+export function showMultiView(node, output) {
+  const entry = lastOf(output?.cvd_multiview);
+  if (!entry || !Array.isArray(entry.views) || !entry.views.length) return null;
+  const widget = previewWidget(node, GRID_WIDGET, (n) => preferredHeight(n.cvdEntry ?? entry, n.size[0]));
+  if (!widget) return null;
+  node.cvdEntry = entry;
+  const grid = replaceController(widget, (host) => new PlayerGrid(host, entry, viewUrl));
+  fitNode(node);
+  return grid;
+}
+
+export function showRig(node, output) {
+  const cameras = lastOf(output?.cvd_cameras);
+  if (!cameras) return null;
+  const widget = previewWidget(node, RIG_WIDGET, (n) => Math.round(Math.max(200, Math.min(480, n.size[0] * 0.62))));
+  if (!widget) return null;
+  const view = replaceController(widget, (host) => {
+    const canvas = document.createElement("canvas");
+    canvas.className = "cvd-rig-canvas";
+    Object.assign(canvas.style, {
+      width: "100%", height: "100%", display: "block", cursor: "grab", touchAction: "none",
+    });
+    host.replaceChildren(canvas);
+    return new RigView(canvas, cameras);
+  });
+  fitNode(node);
+  view.draw(); // again at the fitted size
+  return view;
+}
+
+// ------------------------------------------------------------------------------------ progress
+
+const progressByNode = new Map();
+
+/** "step i/N" for a node that is reporting progress now, else "". */
+export function progressText(nodeId) {
+  const p = progressByNode.get(String(nodeId));
+  return p && p.max ? `step ${p.value}/${p.max}` : "";
+}
+
+function executingNodeId(detail) {
+  // Legacy UI and the current frontend both pass the node id (string) or null; older builds an object.
+  return detail && typeof detail === "object" ? detail.node ?? null : detail ?? null;
+}
+
+function listenForProgress() {
+  if (!api?.addEventListener) return;
+  api.addEventListener("progress", ({ detail }) => guarded("progress", () => {
+    if (detail?.node == null) return;
+    progressByNode.set(String(detail.node), { value: Number(detail.value), max: Number(detail.max) });
+    app.graph?.setDirtyCanvas?.(true, false);
+  }));
+  api.addEventListener("executing", ({ detail }) => guarded("progress", () => {
+    const running = executingNodeId(detail);
+    for (const id of [...progressByNode.keys()]) if (id !== String(running)) progressByNode.delete(id);
+    app.graph?.setDirtyCanvas?.(true, false);
+  }));
+  for (const type of ["execution_error", "execution_interrupted", "execution_success"]) {
+    api.addEventListener(type, () => { progressByNode.clear(); app.graph?.setDirtyCanvas?.(true, false); });
+  }
+}
+
+function drawProgress(node, ctx) {
+  const text = progressText(node.id);
+  if (!text || node.flags?.collapsed) return;
+  const titleHeight = globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+  ctx.save();
+  ctx.font = "12px sans-serif";
+  const width = ctx.measureText(text).width + 12;
+  const x = node.size[0] - width - 6;
+  const y = -titleHeight + 6;
+  ctx.fillStyle = "rgba(0, 0, 0, 0.6)";
+  ctx.fillRect(x, y, width, titleHeight - 12);
+  ctx.fillStyle = "#9fe89f";
+  ctx.textBaseline = "middle";
+  ctx.fillText(text, x + 6, y + (titleHeight - 12) / 2);
+  ctx.restore();
+}
+
+// ------------------------------------------------------------------------------------ registration
+
+function chain(prototype, method, after) {
+  const original = prototype[method];
+  prototype[method] = function () {
+    const result = original?.apply(this, arguments);
+    guarded(method, () => after.apply(this, arguments));
+    return result;
+  };
+}
+
+const extension = {
+  name: EXTENSION_NAME,
+  async setup() {
+    guarded("progress listener", listenForProgress);
+  },
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    guarded("node registration", () => {
+      const name = nodeData?.name ?? "";
+      if (!name.startsWith(PACK_PREFIX)) return;
+      chain(nodeType.prototype, "onDrawForeground", function (ctx) { drawProgress(this, ctx); });
+      if (MULTIVIEW_NODES.has(name)) {
+        chain(nodeType.prototype, "onExecuted", function (output) { showMultiView(this, output); });
+      }
+      if (RIG_NODES.has(name)) {
+        chain(nodeType.prototype, "onExecuted", function (output) { showRig(this, output); });
+      }
+    });
+  },
+  nodeCreated(node) {
+    // Mark the pack's nodes so that tests and other extensions can tell the extension ran for them.
+    guarded("nodeCreated", () => {
+      const type = node?.comfyClass ?? node?.type ?? "";
+      if (String(type).startsWith(PACK_PREFIX)) node.cvdExtension = EXTENSION_NAME;
+    });
+  },
+};
+
+guarded("registerExtension", () => app.registerExtension(extension));
