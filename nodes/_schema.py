@@ -147,6 +147,8 @@ def check_ranges(schema: NodeSchema, values: Dict[str, Any]):
         item = by_name.get(name)
         if item is None or item.type not in ("INT", "FLOAT") or value is None or isinstance(value, (list, tuple)):
             continue  # a link (ComfyUI 2024 passes None for linked inputs): checked when it runs
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{name} must be a number, got {value!r}"
         if item.min is not None and value < item.min:
             return f"{name} must be at least {item.min}, got {value}"
         if item.max is not None and value > item.max:
@@ -255,6 +257,33 @@ def _v3_hidden(io, keys: Sequence[str]):
     return [mapping[k] for k in keys]
 
 
+def check_combos(schema: NodeSchema, values: Dict[str, Any], skip=()):
+    """Combo widget values must be one of the options (evaluated now, so new files count)."""
+    for item in schema.inputs:
+        value = values.get(item.name)
+        if item.type != "COMBO" or item.name in skip or value is None or isinstance(value, (list, tuple)):
+            continue
+        options = item.combo_options()
+        if value not in options:
+            shown = options if len(options) <= 20 else f"a list of {len(options)}"
+            return f"{item.name}: {value!r} is not one of {shown}"
+    return True
+
+
+def _v3_validator(schema: NodeSchema):
+    custom = validated_input_names(schema) if schema.validate is not None else []
+
+    def validate_inputs(cls, **values):
+        for check in (check_ranges(schema, values), check_combos(schema, values, skip=custom)):
+            if check is not True:
+                return check
+        if schema.validate is None:
+            return True
+        return schema.validate(**{name: values.get(name) for name in custom})
+
+    return validate_inputs
+
+
 def build_v3(schema: NodeSchema, io) -> type:
     """A ``ComfyNode`` subclass equivalent to ``build_v1(schema)``."""
 
@@ -285,8 +314,9 @@ def build_v3(schema: NodeSchema, io) -> type:
         "execute": classmethod(execute),
         "CVD_SCHEMA": schema,
     }
-    if schema.validate is not None:
-        attrs["validate_inputs"] = classmethod(_named_validator(schema))
+    # V3 always gets a validator: ComfyUI 0.3.x never checks V3 combo values against their options, so
+    # we check ranges and combos ourselves, exactly like V1 validation would.
+    attrs["validate_inputs"] = classmethod(_v3_validator(schema))
     if schema.fingerprint is not None:
         attrs["fingerprint_inputs"] = classmethod(lambda cls, **kwargs: schema.fingerprint(**kwargs))
     return type(schema.node_id, (io.ComfyNode,), attrs)

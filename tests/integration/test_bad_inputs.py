@@ -40,18 +40,21 @@ def _still_alive(server):
     assert server.get_json("/system_stats")["system"]
 
 
+# (ComfyUI's own error type for V1 nodes, our validator's rule text for V3 nodes, which newer ComfyUI
+# does not check itself)
 @pytest.mark.parametrize("field,value,expected", [
-    ("views", 0, "value_smaller_than_min"),
-    ("views", 17, "value_bigger_than_max"),
-    ("frames", 0, "value_smaller_than_min"),
-    ("views", "many", "invalid_input_type"),
-    ("width", 250, "multiple of 8"),
-    ("preset", "spiral", "value_not_in_list"),
+    ("views", 0, ("value_smaller_than_min", "views must be at least 1")),
+    ("views", 17, ("value_bigger_than_max", "views must be at most 16")),
+    ("frames", 0, ("value_smaller_than_min", "frames must be at least 1")),
+    ("views", "many", ("invalid_input_type", "views must be a number")),
+    ("width", 250, ("multiple of 8",)),
+    ("preset", "spiral", ("value_not_in_list", "'spiral' is not one of")),
 ])
 def test_trajectory_widgets_are_validated(comfy_server, field, value, expected):
     inputs = dict(TRAJECTORY, **{field: value})
     answer = _refused(comfy_server, _preview_of("CVD_CameraTrajectory", inputs))
-    assert expected in answer and "node_errors" in answer
+    assert any(e in answer for e in expected), answer[:2000]
+    assert "node_errors" in answer
     _still_alive(comfy_server)
 
 

@@ -84,3 +84,15 @@ def test_v1_input_types_of_pack_nodes_are_well_formed():
         for section in types.values():
             for name, spec in section.items():
                 assert isinstance(spec, (tuple, str))
+
+
+def test_v3_validator_checks_ranges_combos_and_custom_rules():
+    """ComfyUI 0.3.x skips combo checks for V3 nodes; the generated V3 validator does them."""
+    from nodes._schema import _v3_validator
+    schema = _toy_schema(validate=lambda count: True if count != 3 else "count must not be 3")
+    validate = _v3_validator(schema)
+    assert validate(None, count=2, mode="a") is True
+    assert "not one of" in validate(None, count=2, mode="z")
+    assert validate(None, count=9, mode="a") == "count must be at most 8, got 9"
+    assert validate(None, count=3, mode="a") == "count must not be 3"
+    assert validate(None, count=None, mode="a") is True  # a linked input: checked when it runs
