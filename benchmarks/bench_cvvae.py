@@ -32,10 +32,10 @@ from cvd_core.cvvae import CVVAEModel, TilingConfig, decode_video, encode_video 
 TILED = TilingConfig("manual", tile_size=128, tile_overlap=0.25, temporal_chunk=8)
 
 
-def build_full_model(device="cpu", dtype=torch.float32, seed=0) -> CVVAEModel:
-    """Official-width CVVAEModel with random weights, materialised without a transient copy."""
+def build_full_model(device="cpu", dtype=torch.float32, seed=0, ch=128) -> CVVAEModel:
+    """CVVAEModel with random weights (``ch=128``: the official width), materialised without a transient copy."""
     with torch.device("meta"):
-        model = CVVAEModel()
+        model = CVVAEModel(ch=ch)
     model = model.to_empty(device=device)
     g = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
@@ -52,9 +52,12 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+MEM_WIDTH = 128
+
+
 def child_memory(frames: int, size: int, mode: str) -> dict:
     """One decode in this (fresh) process; returns peak bytes above the pre-call RSS."""
-    model = build_full_model()
+    model = build_full_model(ch=MEM_WIDTH)
     z = torch.randn(1, 4, 1 + (frames - 1) // 4, size // 8, size // 8, generator=torch.Generator().manual_seed(1))
     tiling = TILED if mode == "tiled" else TilingConfig("none")
     before = _rss_bytes()
@@ -67,7 +70,8 @@ def child_memory(frames: int, size: int, mode: str) -> dict:
 
 
 def run_child(frames: int, size: int, mode: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(frames), str(size), mode, "--tile", str(TILED.tile_size)]
+    cmd = [sys.executable, __file__, "--child", str(frames), str(size), mode, "--tile", str(TILED.tile_size),
+           "--mem-width", str(MEM_WIDTH)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return dict(frames=frames, size=size, mode=mode, error=(proc.stderr.strip().splitlines() or ["killed"])[-1])
@@ -126,10 +130,13 @@ def main() -> None:
     parser.add_argument("--mem-frames", type=int, nargs="+", default=[17, 33, 65])
     parser.add_argument("--untiled-max-frames", type=int, default=65)
     parser.add_argument("--tile", type=int, default=128, help="tile px of the tiled cases (chunk stays 8 frames)")
+    parser.add_argument("--mem-width", type=int, default=128,
+                        help="base channels of the memory cases (128 = official; smaller runs faster, same scaling)")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
-    global TILED
+    global TILED, MEM_WIDTH
+    MEM_WIDTH = args.mem_width
     TILED = TilingConfig("manual", tile_size=args.tile, tile_overlap=0.25, temporal_chunk=8)
     if args.child:
         print(json.dumps(child_memory(int(args.child[0]), int(args.child[1]), args.child[2])))
@@ -145,7 +152,8 @@ def main() -> None:
         for name, et, dt, ez, ex in rows:
             print(f"| {name} | {et:.1f} | {dt:.1f} | {et / ref[1]:.2f} | {dt / ref[2]:.2f} | {ez:.2e} | {ex:.2e} |")
     if not args.skip_memory:
-        print(f"\n## Decode peak memory above baseline, {args.mem_size}x{args.mem_size}, CPU fp32\n")
+        print(f"\n## Decode peak memory above baseline, {args.mem_size}x{args.mem_size}, CPU fp32, "
+              f"base width {args.mem_width}\n")
         print("| frames | tiled GiB | tiled s | untiled GiB | untiled s | untiled/tiled |")
         print("|---|---|---|---|---|---|")
         for frames in args.mem_frames:

@@ -151,9 +151,16 @@ def register_model_folder(name: str, extensions: tuple) -> None:
         import folder_paths
     except Exception:
         return
-    if name in folder_paths.folder_names_and_paths:
-        return
     path = os.path.join(folder_paths.models_dir, name)
+    if name in folder_paths.folder_names_and_paths:
+        # Already known (another pack, or the user's extra_model_paths.yaml): keep those folders and
+        # make sure the default models/<name> is searched too.
+        paths, known = folder_paths.folder_names_and_paths[name][:2]
+        if path not in paths:
+            paths.append(path)
+        if isinstance(known, set):
+            known.update(extensions)
+        return
     folder_paths.folder_names_and_paths[name] = ([path], set(extensions))
 
 
@@ -213,3 +220,13 @@ def metadata_disabled() -> bool:
     except Exception:
         return False
     return bool(getattr(args, "disable_metadata", False))
+
+
+def free_memory_bytes(device) -> Optional[int]:
+    """Free memory on ``device`` as ComfyUI's model management counts it (incl. torch's cache);
+    None outside ComfyUI."""
+    try:
+        import comfy.model_management as mm
+        return int(mm.get_free_memory(device))
+    except Exception:
+        return None

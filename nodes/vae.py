@@ -157,6 +157,10 @@ def _run_decode(cvvae, latent, tiling, tile_size, tile_overlap, temporal_chunk, 
                              "Frames first (it also restores the video scaling)")
     if samples.dim() != 5:
         raise NodeInputError(f"latent must be 5-D [views, C, T, h, w], got shape {list(samples.shape)}")
+    if latent.get("cvd_temporal_compression") == 1:
+        raise NodeInputError("this latent has one latent frame per video frame (CVD Multi-View Sampler, AnimateDiff), "
+                             "not CV-VAE's 4x temporal latents: decode it with CVD Latent Frames To Image Latents -> "
+                             "VAE Decode (the SD1.5 VAE)")
     if samples.shape[1] != cvvae.latent_channels:
         raise NodeInputError(f"latent has {samples.shape[1]} channels but this CV-VAE expects "
                              f"{cvvae.latent_channels} (z=4 for SD1.x/2.x, z=16 for SD3)")

@@ -129,6 +129,11 @@ class CVDModel(nn.Module):
         if plucker.shape[-2:] != (8 * h, 8 * w):
             raise ValueError(f"plucker must be at image resolution (8x the latent {h}x{w}), "
                              f"got {tuple(plucker.shape[-2:])}")
+        if F_mats is None and partner is None:
+            return  # no cross-view partners: plain CameraCtrl call
+        if F_mats is None or partner is None:
+            raise ValueError("F_mats and partner go together: give both (cross-view attention) or neither "
+                             "(one view, CVSMs skipped)")
         if F_mats.shape != (batch, frames, 3, 3):
             raise ValueError(f"F_mats must be [B={batch}, F={frames}, 3, 3], got {tuple(F_mats.shape)}")
         if text.dim() != 3 or text.shape[0] != batch:
@@ -145,32 +150,40 @@ class CVDModel(nn.Module):
 
     @torch.no_grad()
     def predict_noise(self, latents: torch.Tensor, timestep, text: torch.Tensor, plucker: torch.Tensor,
-                      F_mats: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+                      F_mats: Optional[torch.Tensor] = None, partner: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Raw noise prediction [B, 4, F, h, w] (before CFG) for one denoiser call.
 
         latents [B,4,F,h,w]; timestep scalar or [B]; text [B,77,D]; plucker [B,6,F,8h,8w];
         F_mats [B,F,3,3] with ``x_partnerᵀ F_mats[b,f] x_b = 0`` in image pixels; partner [B]
         (row whose same-index frames give row b's keys/values). The F-image is the plucker's
         H×W (the official F_mat_size = image height for square video).
+
+        ``F_mats=None`` and ``partner=None`` (a single view, the sampler's N = 1 protocol): the
+        CVSMs are skipped, which is plain CameraCtrl (SD1.5 + AnimateDiff + pose adaptor).
         """
         device, dtype = self.device, self.dtype
-        partner = torch.as_tensor(partner, device=device).long().reshape(-1)
+        if partner is not None:
+            partner = torch.as_tensor(partner, device=device).long().reshape(-1)
         self._check_inputs(latents, text, plucker, F_mats, partner)
         self._draw_slope()  # validates the setting before any compute
         batch, _, frames = latents.shape[:3]
         image_hw = tuple(int(s) for s in plucker.shape[-2:])
 
-        frame_index = torch.arange(frames, device=device)
-        partner_rows = (partner[:, None] * frames + frame_index).reshape(-1)
-        first_frame_rows = (frame_index == 0).repeat(batch)
-        F_rows = F_mats.to(device=device, dtype=torch.float32).reshape(-1, 3, 3)
+        if partner is None:
+            partner_rows, bias_for = None, None
+        else:
+            frame_index = torch.arange(frames, device=device)
+            partner_rows = (partner[:, None] * frames + frame_index).reshape(-1)
+            first_frame_rows = (frame_index == 0).repeat(batch)
+            F_rows = F_mats.to(device=device, dtype=torch.float32).reshape(-1, 3, 3)
+            bias_for = self._bias_factory(F_rows, first_frame_rows, image_hw)
 
         timestep = torch.as_tensor(timestep, device=device)
         if timestep.dim() == 0:
             timestep = timestep[None]
         pose_features = self.pose_encoder(plucker.to(device=device, dtype=dtype))
         out = self.unet(latents.to(device=device, dtype=dtype), timestep, text.to(device=device, dtype=dtype),
-                        pose_features, partner_rows, self._bias_factory(F_rows, first_frame_rows, image_hw),
+                        pose_features, partner_rows, bias_for,
                         self.attention_score_budget)
         return out.to(latents.dtype)
 

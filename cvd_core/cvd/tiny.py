@@ -45,17 +45,18 @@ def _random_fill(module: torch.nn.Module, generator: torch.Generator) -> None:
 
 
 def write_tiny_cvd_files(folder: Union[str, Path], seed: int = 0, width: int = 32,
-                         single_file: bool = False) -> Dict[str, str]:
+                         single_file: bool = False, cross_attention_dim: int = 32) -> Dict[str, str]:
     """Write tiny deterministic CVD weights under ``folder``; returns the paths for ``load_cvd_model``.
 
     Returns ``dict(unet=..., motion_module=..., cameractrl=..., cvd=...)``. Keys: the unet as
     diffusers names (folder) or ``model.diffusion_model.*`` LDM names (single file); the motion
     module a flat dict; CameraCtrl ``{pose_encoder_state_dict, attention_processor_state_dict}``;
-    CVD ``{unet_trainable_dict}``.
+    CVD ``{unet_trainable_dict}``. ``cross_attention_dim`` is the text width the UNet takes (768 =
+    SD1.5's CLIP-L, so real ``CLIPTextEncode`` conditioning fits; 32 keeps unit tests light).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = tiny_unet_config(width)
+    config = tiny_unet_config(width, cross_attention_dim)
     generator = torch.Generator().manual_seed(seed)
     net = CVDUNet(config)
     pose_encoder = CameraPoseEncoder(channels=[width] * 4)

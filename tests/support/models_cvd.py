@@ -18,7 +18,7 @@ def install(comfy_root: Path) -> None:
 
     models = Path(comfy_root) / "models"
     with tempfile.TemporaryDirectory() as tmp:
-        written = write_tiny_cvd_files(tmp, seed=0, single_file=True)
+        written = write_tiny_cvd_files(tmp, seed=0, single_file=True, cross_attention_dim=768)
         for role, (folder, name) in FILES.items():
             target = models / folder / name
             target.parent.mkdir(parents=True, exist_ok=True)

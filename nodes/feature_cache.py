@@ -1,0 +1,191 @@
+"""Feature-cache enhancer nodes (RepVideo, Si et al. 2025): cross-layer feature aggregation as a patch.
+
+Before each UNet layer in range, the layer's main-path input is blended with the mean of the raw
+outputs of the preceding layers of the same resolution stage:
+``h <- strength * mean(window) + (1 - strength) * h``. RepVideo trained its model with this cache; on
+models that were not, it is a training-free nudge toward features that agree across layers (and, in
+video models, across frames), so keep the strength small.
+
+Two nodes with one schema (ComfyUI sockets are typed): ``CVD_FeatureCacheEnhancer`` patches a core
+``MODEL`` (SD-family UNets, through ComfyUI's block patches on a clone) and
+``CVD_FeatureCacheEnhancerCVD`` a ``CVD_MODEL`` (a copy sharing the weights, with the cache on its
+block loop). Both number blocks the same way (SD1.5: input blocks 0-11, middle 12, output blocks
+13-24), so one setting means the same on both. The input model is never modified.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+from cvd_core.cvd.network import module_with_feature_cache
+from cvd_core.feature_cache import APPLY_TO, TOKEN_SCOPES, WINDOW_MODES, FeatureCacheConfig, make_unet_patches
+
+from ._comfy import NodeInputError
+from ._schema import Input, NodeSchema, Output, Result
+
+CATEGORY = "CVD/enhance"
+CVD_MODEL = "CVD_MODEL"
+MAX_BLOCK = 99  # widget bound; the real bound is the model's block count, checked when the node runs
+
+DESCRIPTION = (
+    "RepVideo feature cache, training-free: before each UNet block in the chosen range, its input is blended with "
+    "the mean of the outputs of the preceding blocks of the same resolution stage, "
+    "h = strength x mean + (1 - strength) x h. It steadies features from layer to layer (and from frame to frame "
+    "in video models); too much strength blurs and flattens detail. Blocks are numbered as ComfyUI numbers an SD "
+    "UNet: SD1.5/SD2 input blocks 0-11, middle 12, output blocks 13-24 (SDXL: 0-8, 9, 10-18). Only the main path "
+    "is blended: skip connections stay raw. The input model is left unchanged; the output is a patched copy "
+    "that shares its weights.")
+
+
+def _inputs(model_type: str, model_tooltip: str) -> List[Input]:
+    """The shared inputs: the model socket, then the knobs in their public (widget) order."""
+    return [
+        Input("model", model_type, model_tooltip),
+        Input("strength", "FLOAT", "Blend weight lambda of the cached mean. 0 = off (bit-identical output). Higher "
+              "= steadier, more uniform features but softer detail; 0.05-0.2 is safe on models not trained with "
+              "the cache (RepVideo's trained gates start at 0.5).", default=0.1, min=0.0, max=1.0, step=0.01),
+        Input("window", "INT", "How many preceding block outputs the mean may hold (RepVideo: 6). Windows never "
+              "cross a resolution change, and an SD1.5 stage has at most 3 outputs, so values >= 3 mean 'the "
+              "whole stage so far'; 1 = only the previous block (the gentlest).", default=6, min=1, max=64),
+        Input("window_mode", "COMBO", "fixed = RepVideo's rule: a window restarts every 'window' outputs (some "
+              "blocks see a short window); sliding = always the last 'window' outputs (smoother, slightly "
+              "stronger).", default="fixed", options=list(WINDOW_MODES)),
+        Input("block_start", "INT", "First block whose input is blended (and from which outputs are cached). "
+              "7 = the second half of the SD1.5 encoder; lower values also touch the high-resolution layers, "
+              "which carry fine detail.", default=7, min=0, max=MAX_BLOCK),
+        Input("block_end", "INT", "Last block whose input is blended; -1 or anything past the model's last "
+              "block = through the last block. 19 stops before SD1.5's last (highest-resolution) decoder "
+              "blocks, which shape fine detail.", default=19, min=-1, max=MAX_BLOCK),
+        Input("start_percent", "FLOAT", "Part of the sampling schedule where the cache is active: start, as a "
+              "fraction (0 = first, noisiest step).", default=0.0, min=0.0, max=1.0, step=0.01),
+        Input("end_percent", "FLOAT", "End of the active part (1 = the last step). Early steps decide layout and "
+              "motion, where steadier features help; late steps refine detail, which blending softens.",
+              default=0.6, min=0.0, max=1.0, step=0.01),
+        Input("apply_to", "COMBO", "Which guidance branch is blended: both, cond (positive prompt) or uncond "
+              "(negative). Blending one branch only changes the guidance direction as well.", default="both",
+              options=list(APPLY_TO)),
+        Input("token_scope", "COMBO", "all tokens, or video tokens only (leaves text tokens that a transformer "
+              "prepends to its sequence untouched). UNets keep text in cross-attention, so both are the same "
+              "there.", default="all", options=list(TOKEN_SCOPES)),
+        Input("preserve_norm", "BOOLEAN", "Rescale each blended feature vector to its original length. Averaging "
+              "shortens vectors, which the next block reads as a weaker signal; on = the blend only changes "
+              "direction (recommended without training).", default=True),
+    ]
+
+
+KNOBS = tuple(i.name for i in _inputs("MODEL", "-")[1:])
+"""The knob names in widget order (public API, the same for both nodes)."""
+
+
+def _config(strength, window, window_mode, block_start, block_end, start_percent, end_percent, apply_to,
+            token_scope, preserve_norm, block_count: int) -> FeatureCacheConfig:
+    """The core config for a model with ``block_count`` blocks; a past-the-end block_end means 'last'."""
+    if block_start >= block_count:
+        raise NodeInputError(f"block_start {block_start} is past the model's last block ({block_count - 1}); "
+                             f"blocks are numbered 0-{block_count - 1}")
+    if block_end >= block_count:
+        block_end = -1
+    try:
+        return FeatureCacheConfig(window=int(window), mode=window_mode, strength=float(strength),
+                                  block_start=int(block_start), block_end=int(block_end),
+                                  start_percent=float(start_percent), end_percent=float(end_percent),
+                                  apply_to=apply_to, token_scope=token_scope, preserve_norm=bool(preserve_norm))
+    except (TypeError, ValueError) as exc:
+        raise NodeInputError(f"feature cache settings: {exc}") from None
+
+
+def _validate(block_start, block_end, start_percent, end_percent):
+    if None in (block_start, block_end, start_percent, end_percent):
+        return True  # a linked input (ComfyUI 2024 passes None): checked when the node runs
+    if block_end != -1 and block_end < block_start:
+        return f"block_end must be -1 (through the last block) or >= block_start ({block_start}), got {block_end}"
+    if start_percent > end_percent:
+        return f"start_percent ({start_percent}) must not exceed end_percent ({end_percent})"
+    return True
+
+
+# ------------------------------------------------------------------------------ core MODEL
+
+def unet_block_count(diffusion_model) -> int:
+    """Blocks of a ComfyUI ``UNetModel`` in the patch numbering: input blocks, middle, output blocks."""
+    return len(diffusion_model.input_blocks) + 1 + len(diffusion_model.output_blocks)
+
+
+def _unet_of(model):
+    """The ComfyUI UNet inside a ``MODEL``, or a clear error for other architectures."""
+    diffusion = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if not all(hasattr(diffusion, name) for name in ("input_blocks", "middle_block", "output_blocks")):
+        kind = type(diffusion).__name__ if diffusion is not None else type(model).__name__
+        raise NodeInputError(f"the feature cache patches SD-family UNets (SD1.x, SD2.x, SDXL); this MODEL's "
+                             f"network is {kind}, which has no UNet input/output blocks")
+    return diffusion
+
+
+def _run_model(model, **knobs):
+    cfg = _config(**knobs, block_count=unet_block_count(_unet_of(model)))
+    patched = model.clone()
+    patches = make_unet_patches(cfg, percent_to_sigma=patched.model.model_sampling.percent_to_sigma)
+    for name, patch in patches.items():
+        patched.set_model_patch(patch, name)
+    return Result((patched,))
+
+
+# ------------------------------------------------------------------------------ CVD_MODEL
+
+def _run_cvd(model, apply_to, **knobs):
+    if apply_to != "both":
+        # The CVD sampler does not yet tell the backbone which batch rows are conditional.
+        raise NodeInputError(f"apply_to={apply_to!r} is not available on a CVD_MODEL yet (the CVD sampler does not "
+                             "pass the guidance branch of each row to the model); use apply_to = both")
+    unet = getattr(model, "unet", None)
+    if not hasattr(unet, "cache_block_count"):
+        raise NodeInputError(f"expected a CVD_MODEL from CVD Load Model, got {type(model).__name__}")
+    cfg = _config(apply_to=apply_to, **knobs, block_count=unet.cache_block_count())
+    try:
+        return Result((module_with_feature_cache(model, cfg),))
+    except (TypeError, ValueError) as exc:
+        raise NodeInputError(f"could not attach the feature cache: {exc}") from None
+
+
+def _validate_cvd(block_start, block_end, start_percent, end_percent, apply_to):
+    if apply_to != "both":
+        return (f"apply_to={apply_to!r} is not available on a CVD_MODEL yet (the CVD sampler does not pass the "
+                "guidance branch of each row to the model); use apply_to = both")
+    return _validate(block_start, block_end, start_percent, end_percent)
+
+
+def _schema(node_id: str, display: str, model_type: str, model_tooltip: str, run, validate, extra: str):
+    return NodeSchema(
+        node_id=node_id,
+        display_name=display,
+        category=CATEGORY,
+        description=DESCRIPTION + extra,
+        inputs=_inputs(model_type, model_tooltip),
+        outputs=[Output(model_type, "model", "The model with the feature cache (a patched copy).")],
+        run=run,
+        validate=validate,
+    )
+
+
+ENHANCER = _schema(
+    "CVD_FeatureCacheEnhancer", "CVD Feature Cache Enhancer (RepVideo)", "MODEL",
+    "A core ComfyUI MODEL with an SD-family UNet (SD1.x, SD2.x, SDXL).", _run_model, _validate,
+    " Chain it before any sampler (KSampler, SamplerCustom); two enhancers can be chained.")
+
+ENHANCER_CVD = _schema(
+    "CVD_FeatureCacheEnhancerCVD", "CVD Feature Cache Enhancer (RepVideo, CVD model)", CVD_MODEL,
+    "The CVD backbone from CVD Load Model.", _run_cvd, _validate_cvd,
+    " On the CVD backbone a layer is resnet + spatial attention + motion module + cross-view module, and the "
+    "schedule fraction is read from the DDPM timestep (1000 steps). apply_to must be both for now.")
+
+SCHEMAS = [ENHANCER, ENHANCER_CVD]
+
+
+def knob_values(**overrides) -> Dict[str, object]:
+    """The default knob values (with ``overrides``), e.g. for tests and workflows."""
+    values = {i.name: i.default for i in _inputs("MODEL", "-")[1:]}
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise KeyError(f"unknown feature cache knobs {sorted(unknown)}; knobs are {list(values)}")
+    values.update(overrides)
+    return values

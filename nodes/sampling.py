@@ -1,0 +1,256 @@
+"""The collaborative multi-view sampler node: N camera-controlled videos denoised together by CVD.
+
+Inputs come from the pack's other nodes and from ComfyUI's core: a ``CVD_MODEL`` (CVD Load
+Model), a ``CVD_CAMERAS`` rig (its views, frames and image size define the job), text
+CONDITIONING from the core ``CLIPTextEncode`` (SD1.5's CLIP-L, ``[1, 77, 768]``) and optionally
+SIGMAS from CVD MCM Scheduler. The output is a 5-D video LATENT ``[V, 4, T, h, w]`` in the UNet's
+scaled space with one latent frame per video frame (AnimateDiff latents are per frame, unlike
+CV-VAE's 4x temporal latents): decode it with CVD Latent Frames To Image Latents -> VAE Decode.
+
+Per-view prompts: ``positive`` (and ``negative``) hold either one conditioning for every view or
+exactly one per view, in view order: chain core ``Conditioning (Combine)`` nodes prompt by prompt
+(combine(combine(view0, view1), view2) lists view0, view1, view2), or feed one entry whose tensor
+has a batch of V.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+import torch
+
+from cvd_core.camera import CameraError, pair_fundamentals, plucker_embedding
+from cvd_core.mcm import MCMScheduler
+from cvd_core.sampling import DDIMScheduler, STRATEGIES, initial_noise, pair_schedule, sample_multiview
+from cvd_core.sampling.batching import estimate_max_batch, rows_per_iteration
+
+from ._comfy import NodeInputError, free_memory, free_memory_bytes, progress_bar
+from ._schema import Input, NodeSchema, Output, Result
+from .camera import CAMERAS
+from .cvd_model import CVD_MODEL
+
+CATEGORY = "CVD/sampling"
+SCHEDULERS = ["ddim", "mcm"]
+LATENT_CHANNELS = 4
+SD_LATENT_SCALE = 0.18215  # SD1.5's VAE scaling: the UNet works on z * 0.18215
+
+
+# ------------------------------------------------------------------------------ conditioning
+
+def _conditioning_rows(conditioning, name: str) -> List[torch.Tensor]:
+    """ComfyUI CONDITIONING (a list of ``[tensor [B, tokens, D], dict]``) -> one ``[tokens, D]`` per row."""
+    if not isinstance(conditioning, (list, tuple)) or not conditioning:
+        raise NodeInputError(f"{name} must be a CONDITIONING from CLIP Text Encode (a non-empty list), "
+                             f"got {type(conditioning).__name__}")
+    rows = []
+    for index, entry in enumerate(conditioning):
+        tensor = entry[0] if isinstance(entry, (list, tuple)) else entry
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 3:
+            raise NodeInputError(f"{name}[{index}] must hold a [batch, tokens, width] text embedding, got "
+                                 f"{getattr(tensor, 'shape', type(tensor).__name__)}")
+        rows.extend(tensor.float().cpu().unbind(0))
+    return rows
+
+
+def _per_view_text(conditioning, name: str, views: int, width: int) -> List[torch.Tensor]:
+    """One ``[tokens, D]`` embedding per view: one entry for all views, or exactly one per view."""
+    rows = _conditioning_rows(conditioning, name)
+    for row in rows:
+        if row.shape[-1] != width:
+            raise NodeInputError(f"{name} has text width {row.shape[-1]} but the CVD model's cross-attention takes "
+                                 f"width {width} (SD1.5 uses CLIP-L, 768): load the SD1.5 CLIP "
+                                 "(clip_l.safetensors) for CLIP Text Encode")
+    if len(rows) == 1:
+        return rows * views
+    if len(rows) != views:
+        raise NodeInputError(f"{name} holds {len(rows)} conditionings but the cameras have {views} views: give one "
+                             "for all views, or exactly one per view in view order (Conditioning Combine)")
+    return rows
+
+
+def _stack_tokens(rows: List[torch.Tensor]) -> torch.Tensor:
+    """Stack embeddings of different token counts (long prompts are 77·k tokens) as ComfyUI does:
+    each is repeated up to the least common multiple of the lengths."""
+    target = 1
+    for row in rows:
+        target = target * row.shape[0] // math.gcd(target, row.shape[0])
+    return torch.stack([row.repeat(target // row.shape[0], 1) for row in rows])
+
+
+def text_embeddings(positive, negative, views: int, width: int, use_cfg: bool):
+    """``(cond [V, L, D], uncond [V, L, D] or None)`` with one token length L for both."""
+    cond_rows = _per_view_text(positive, "positive", views, width)
+    uncond_rows = _per_view_text(negative, "negative", views, width) if use_cfg else []
+    stacked = _stack_tokens(cond_rows + uncond_rows)
+    return stacked[:views], (stacked[views:] if use_cfg else None)
+
+
+# ------------------------------------------------------------------------------ model and cameras
+
+def model_text_width(cvd_model) -> int:
+    return int(cvd_model.unet.unet.config.cross_attention_dim)
+
+
+def model_max_frames(cvd_model) -> int:
+    """Frames the motion modules' position encoding covers (32 for AnimateDiff v3)."""
+    lengths = [int(m.pe.shape[1]) for m in cvd_model.modules() if isinstance(getattr(m, "pe", None), torch.Tensor)]
+    return min(lengths) if lengths else 32
+
+
+def _rig(cameras, cvd_model):
+    try:
+        rig = cameras.as_rig()
+    except (AttributeError, CameraError) as exc:
+        raise NodeInputError(f"cameras must be a CVD_CAMERAS rig from a CVD camera node: {exc}") from None
+    max_frames = model_max_frames(cvd_model)
+    if rig.n_frames > max_frames:
+        raise NodeInputError(f"frames must be at most {max_frames} (the motion modules' position encoding length; "
+                             f"CVD is trained on 16), got {rig.n_frames}")
+    for name, size in (("width", rig.width), ("height", rig.height)):
+        if size % 8:
+            raise NodeInputError(f"{name} must be a multiple of 8 (latents are 1/8 of the image), got {size}")
+    return rig
+
+
+def camera_inputs(rig):
+    """Plücker maps ``[V, 6, F, H, W]`` (float32) and the F-matrix lookup ``F_of(i, j) -> [F, 3, 3]``."""
+    plucker = plucker_embedding(rig.K, rig.c2w, rig.height, rig.width)  # [V, F, 6, H, W]
+    plucker = plucker.permute(0, 2, 1, 3, 4).to(torch.float32).contiguous()
+
+    def fundamentals(i: int, j: int) -> torch.Tensor:
+        return pair_fundamentals(rig, i, j).to(torch.float32)
+
+    return plucker, fundamentals
+
+
+# ------------------------------------------------------------------------------ schedule and start
+
+def make_scheduler(scheduler: str, steps: int, denoise: float, sigmas=None):
+    try:
+        if sigmas is not None:
+            if scheduler != "mcm":
+                raise NodeInputError("sigmas (from CVD MCM Scheduler) drive the mcm scheduler: set scheduler to mcm, "
+                                     "or disconnect sigmas to use DDIM")
+            values = [float(s) for s in torch.as_tensor(sigmas).flatten()]
+            return MCMScheduler.from_sigmas(values)
+        if scheduler == "mcm":
+            return MCMScheduler(steps=steps, strength=denoise)
+        if scheduler == "ddim":
+            return DDIMScheduler(num_inference_steps=steps, denoise=denoise)
+    except ValueError as exc:
+        raise NodeInputError(str(exc)) from None
+    raise NodeInputError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+
+
+def _start_latent(latent, rig, seed: int, sched) -> torch.Tensor:
+    """x_T: seeded noise, or the given latent noised to the first timestep (partial denoise)."""
+    shape = (rig.n_views, LATENT_CHANNELS, rig.n_frames, rig.height // 8, rig.width // 8)
+    noise = initial_noise(seed, *shape)
+    if latent is None:
+        return noise
+    samples = latent["samples"] if isinstance(latent, dict) else latent
+    if samples.dim() != 5 or tuple(samples.shape) != shape:
+        raise NodeInputError(f"latent must be a 5-D video latent {list(shape)} [views, 4, frames, height/8, width/8] "
+                             f"matching the cameras, got {list(samples.shape)}")
+    if isinstance(latent, dict) and int(latent.get("cvd_temporal_compression", 1)) != 1:
+        raise NodeInputError("latent has temporally compressed frames (CV-VAE); the CVD sampler needs one latent "
+                             "frame per video frame (encode the frames with VAE Encode + Image Latents To Latent Frames)")
+    return sched.add_noise(samples.float().cpu(), noise, 0)
+
+
+def _auto_max_batch(rig, strategy: str, seed: int, steps: int, recurrence: int, use_cfg: bool, cvd_model) -> Optional[int]:
+    """Rows per denoiser call from ComfyUI's view of free memory (None: let the core decide)."""
+    free = free_memory_bytes(cvd_model.device)
+    if free is None:
+        return None
+    widest = max(len(pair_schedule(rig.n_views, strategy, step, seed, substep=r))
+                 for step in range(steps) for r in range(recurrence))
+    rows = rows_per_iteration(widest, 2 if use_cfg else 1)
+    view_shape = (LATENT_CHANNELS, rig.n_frames, rig.height // 8, rig.width // 8)
+    return estimate_max_batch(view_shape, free, rows, rig.n_views, cvd_model.dtype)
+
+
+# ------------------------------------------------------------------------------ the node
+
+def _run_sampler(cvd_model, cameras, positive, negative, seed, steps, cfg, scheduler, strategy, recurrence,
+                 max_batch, denoise, latent=None, sigmas=None, unique_id=None):
+    rig = _rig(cameras, cvd_model)
+    if strategy not in STRATEGIES:
+        raise NodeInputError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
+    if latent is None and denoise < 1.0:
+        raise NodeInputError(f"denoise {denoise} < 1 needs a latent to start from (connect 'latent'), or use 1.0")
+    sched = make_scheduler(scheduler, steps, denoise, sigmas)
+    use_cfg = float(cfg) != 1.0
+    cond, uncond = text_embeddings(positive, negative, rig.n_views, model_text_width(cvd_model), use_cfg)
+    plucker, fundamentals = camera_inputs(rig)
+    start = _start_latent(latent, rig, seed, sched)
+    free_memory(cvd_model.device)
+    if max_batch == 0:
+        max_batch = _auto_max_batch(rig, strategy, seed, len(sched.timesteps), recurrence, use_cfg, cvd_model)
+    try:
+        samples = sample_multiview(cvd_model, start, cond, uncond, plucker, fundamentals if rig.n_views > 1 else None,
+                                   sched, guidance_scale=float(cfg), strategy=strategy, recurrence=recurrence,
+                                   max_batch=max_batch, seed=seed, progress=progress_bar(unique_id))
+    except ValueError as exc:
+        raise NodeInputError(str(exc)) from None
+    out = {"samples": samples.cpu(), "views": rig.n_views, "cvd_frames": rig.n_frames,
+           "cvd_temporal_compression": 1, "cvd_latent_scale": SD_LATENT_SCALE, "cvd_latent_shift": 0.0}
+    return Result((out,))
+
+
+def _validate(steps, scheduler, max_batch):
+    if scheduler == "mcm" and isinstance(steps, int) and steps > 8:
+        return f"MCM is distilled for 1 to 8 steps, got steps={steps} (use ddim for more)"
+    if isinstance(max_batch, int) and max_batch == 1:
+        return "max_batch must be 0 (auto) or at least 2 (one view pair shares a call)"
+    return True
+
+
+SAMPLER = NodeSchema(
+    node_id="CVD_MultiViewSampler",
+    display_name="CVD Multi-View Sampler",
+    category=CATEGORY,
+    description=("Generates one video per camera of the rig, all at once and consistent with each other (CVD's "
+                 "collaborative sampling): at every step the views are grouped into pairs, each pair is denoised "
+                 "with cross-view attention along the epipolar lines of its cameras, and each view's prediction is "
+                 "the mean over its pairs. One view = plain CameraCtrl. Output: a 5-D LATENT with one latent frame "
+                 "per video frame; decode with CVD Latent Frames To Image Latents -> VAE Decode (SD1.5 VAE). "
+                 "Per-view prompts: give positive one conditioning per view (Conditioning Combine, in view order)."),
+    inputs=[
+        Input("cvd_model", CVD_MODEL, "The backbone from CVD Load Model (optionally with an MCM LoRA merged)."),
+        Input("cameras", CAMERAS, "The camera rig: its views, frames (at most 32; CVD is trained on 16) and image "
+              "size (multiple of 8) define the videos."),
+        Input("positive", "CONDITIONING", "Prompt from CLIP Text Encode with the SD1.5 CLIP (clip_l): one for all "
+              "views, or one per view in view order (Conditioning Combine)."),
+        Input("negative", "CONDITIONING", "Negative prompt (one, or one per view). Unused when cfg is 1 (MCM)."),
+        Input("seed", "INT", "Seed of the starting noise, the random pairings and the MCM re-noising. The same seed "
+              "gives the same videos, whatever max_batch.", default=0, min=0, max=2**63 - 1),
+        Input("steps", "INT", "Denoising steps: 25 for DDIM (CVD's setting), 1-8 for MCM (4 recommended).",
+              default=25, min=1, max=500),
+        Input("cfg", "FLOAT", "Classifier-free guidance scale (CVD: 8.5). Use 1.0 with MCM (guidance is distilled "
+              "into its LoRA; 1.0 also halves the work).", default=8.5, min=1.0, max=30.0, step=0.1),
+        Input("scheduler", "COMBO", "ddim: CVD's DDIM (linear betas, 25 steps). mcm: few-step consistency sampling "
+              "(needs the MCM LoRA merged by CVD MCM LoRA Loader).", default="ddim", options=SCHEDULERS),
+        Input("strategy", "COMBO", "How views are paired each step. random: a fresh random matching every step "
+              "(CVD's default; cost linear in views). all_pairs: every pair every step (quadratic). fixed: the same "
+              "matching throughout.", default="random", options=list(STRATEGIES)),
+        Input("recurrence", "INT", "Iterations per step with re-noising in between (CVD's recurrent denoising); "
+              "1 = off. Each one repeats the step's denoiser calls.", default=1, min=1, max=10),
+        Input("max_batch", "INT", "Rows (view x guidance branch) per denoiser call. 0 = auto from free memory. "
+              "Lower it on out-of-memory; results do not depend on it.", default=0, min=0, max=256),
+        Input("denoise", "FLOAT", "Fraction of the schedule to run. Below 1 needs 'latent': it is noised to the "
+              "matching level and denoised from there (video-to-video).", default=1.0, min=0.01, max=1.0, step=0.01),
+        Input("latent", "LATENT", "Optional 5-D start latent [views, 4, frames, h, w] (one latent frame per video "
+              "frame) for denoise below 1.", optional=True),
+        Input("sigmas", "SIGMAS", "Optional schedule from CVD MCM Scheduler (with scheduler = mcm); overrides "
+              "steps and denoise.", optional=True),
+    ],
+    outputs=[Output("LATENT", "latent", "Video latents [views, 4, frames, h, w], scaled (UNet space), one latent "
+                    "frame per video frame.")],
+    run=_run_sampler,
+    hidden=("unique_id",),
+    validate=_validate,
+)
+
+SCHEMAS = [SAMPLER]

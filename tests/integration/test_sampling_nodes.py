@@ -1,0 +1,131 @@
+"""The multi-view sampler and MCM nodes in the real ComfyUI with the tiny weights and a random CLIP-L:
+videos decode back with PyAV, the MCM schedule equals the reference, the LoRA report is in /history,
+one view runs as plain CameraCtrl, and a run can be cancelled mid-sampling. (Determinism and
+max_batch invariance are unit-tested in tests/nodes/test_sampling_nodes.py.)"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import re
+import time
+
+import numpy as np
+import pytest
+
+from tests._shared import shared_fixture
+from tests.support.comfy_harness import ComfyError
+from tests.support.pack_info import api_workflows
+
+av = pytest.importorskip("av")
+pytestmark = pytest.mark.integration
+
+
+def _workflow(name):
+    return copy.deepcopy(next(prompt for n, prompt, _ in api_workflows() if n == name))
+
+
+def _decode(data: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(data)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def _videos(server, entry, node_id):
+    """``{label: frames}`` of every view video (and the grid) a CVD_SaveMultiViewVideo node wrote."""
+    (summary,) = entry["outputs"][node_id]["cvd_multiview"]
+    items = summary["views"] + ([summary["grid"]] if summary["grid"] else [])
+    return {item["label"]: _decode(server.view(item["filename"], item["subfolder"], item["type"])) for item in items}
+
+
+def test_two_views_decode_back_with_pyav(comfy_server):
+    prompt = _workflow("cvd_two_views")
+    frames = prompt["5"]["inputs"]["frames"]
+    size = prompt["5"]["inputs"]["width"]
+    videos = _videos(comfy_server, comfy_server.run(prompt, timeout=600), "11")
+    assert sorted(videos) == ["dolly_forward", "grid", "orbit_right"], sorted(videos)  # labels: pose files
+    for label in ("orbit_right", "dolly_forward"):
+        assert videos[label].shape == (frames, size, size, 3)
+        assert videos[label].std() > 1.0  # tiny random weights: noise, but not a constant image
+    assert not np.array_equal(videos["orbit_right"], videos["dolly_forward"])
+    assert videos["grid"].shape[0] == frames
+
+
+def test_four_view_mcm_reports_schedule_and_lora(comfy_server):
+    entry = comfy_server.run(_workflow("cvd_four_views_mcm"), timeout=600)
+    (schedule,) = entry["outputs"]["7"]["text"]
+    reference = json.loads(shared_fixture("mcm/reference_timesteps.json").read_text())
+    expected = reference["bases"]["animatediff_sd15"]["by_steps"]["4"]["sigmas_kdiff"]
+    sigmas = [float(s) for s in schedule.split(": ", 1)[1].split(", ")]
+    assert sigmas == pytest.approx(expected, abs=1e-5)
+    assert "[999, 759, 499, 259]" in schedule
+    (report,) = entry["outputs"]["2"]["text"]
+    applied = int(re.search(r"merged into (\d+) modules", report).group(1))
+    assert applied > 100 and "skipped 0" in report
+    videos = _videos(comfy_server, entry, "12")
+    assert len(videos) == 5 and all(v.shape[0] == 8 for v in videos.values())
+
+
+def test_one_view_runs_as_plain_cameractrl(comfy_server):
+    prompt = _workflow("cvd_two_views")
+    prompt["7"]["inputs"]["cameras"] = ["5", 0]  # the first trajectory alone
+    prompt["11"]["inputs"]["cameras"] = ["5", 0]
+    prompt["11"]["inputs"]["filename_prefix"] = "cvd_it/one_view"
+    entry = comfy_server.run(prompt, timeout=600)
+    videos = _videos(comfy_server, entry, "11")
+    assert sorted(videos) == ["grid", "orbit_right"]
+
+
+def test_interrupt_mid_sampling_cancels_and_the_server_stays_up(comfy_server):
+    prompt = _workflow("cvd_two_views")
+    prompt["7"]["inputs"]["steps"] = 1
+    comfy_server.run(prompt, timeout=600)  # loader, CLIP and camera outputs are now cached
+    prompt["7"]["inputs"]["steps"] = 500  # minutes of work: only a cancel ends it early
+    prompt["11"]["inputs"]["filename_prefix"] = "cvd_it/interrupted"
+    prompt_id = comfy_server.queue(prompt)
+    time.sleep(3.0)
+    status, _ = comfy_server._request("POST", "/interrupt")
+    assert status == 200
+    started = time.monotonic()
+    with pytest.raises(ComfyError) as caught:
+        comfy_server.wait(prompt_id, timeout=120)
+    assert "execution_interrupted" in json.dumps(caught.value.payload["status"])
+    assert time.monotonic() - started < 60
+    assert comfy_server.alive() and comfy_server.get_json("/system_stats")
+    assert not list((comfy_server.output_dir / "cvd_it").glob("interrupted*"))
+
+
+MAP_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import comfy.utils
+sd15 = dict(num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+            transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1)
+print(json.dumps(comfy.utils.unet_to_diffusers(sd15)))
+"""
+
+
+def test_mcm_paths_reach_every_sd15_layer_kind_through_comfyuis_key_map():
+    """MCM's diffusers paths (every target module kind) map onto SD1.5's LDM keys with ComfyUI's own
+    ``unet_to_diffusers`` (run in a subprocess: importing ComfyUI here would change later tests)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from nodes.mcm import core_model_patches
+    from tests.support.comfy_harness import bundled_comfyui_source
+
+    mapping = json.loads(subprocess.run([sys.executable, "-c", MAP_SCRIPT, str(bundled_comfyui_source())],
+                                        check=True, capture_output=True, text=True).stdout)
+    kinds = ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", "down_blocks.0.attentions.0.proj_in",
+             "mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj", "down_blocks.1.resnets.0.conv_shortcut",
+             "up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_out.0", "down_blocks.0.resnets.0.time_emb_proj",
+             "down_blocks.0.downsamplers.0.conv", "up_blocks.1.upsamplers.0.conv", "up_blocks.0.resnets.2.conv2",
+             "down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q"]
+    deltas = {k: torch.zeros(2, 2) for k in kinds}
+    shapes = {"diffusion_model." + v: torch.Size([2, 2]) for v in mapping.values()}
+    patches, report = core_model_patches(deltas, mapping, shapes)
+    assert len(patches) == len(kinds) - 1
+    assert [path for path, _ in report.skipped] == [kinds[-1]]  # motion modules have no image-model layer
+    assert "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight" in patches

@@ -1,0 +1,227 @@
+"""Feature-cache enhancer nodes called directly (no server): the CVD backbone with tiny random weights,
+and the core-MODEL node against a stand-in ``ModelPatcher`` (the real one runs in the integration test)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import cvd_core.cvd.network as network
+from cvd_core.cvd import load_cvd_model, write_tiny_cvd_files
+from cvd_core.feature_cache import INPUT_PATCH_NAME, OUTPUT_PATCH_NAME, FeatureCacheConfig, FeatureCacheState
+from nodes._comfy import NodeInputError
+from nodes._schema import build_v1
+from nodes.feature_cache import ENHANCER, ENHANCER_CVD, KNOBS, knob_values
+
+FRAMES, LATENT = 2, 8
+EARLY_T = 900  # schedule fraction 0.1: inside the default 0..0.6 range
+
+PUBLIC_KNOBS = ["strength", "window", "window_mode", "block_start", "block_end", "start_percent", "end_percent",
+                "apply_to", "token_scope", "preserve_norm"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    paths = write_tiny_cvd_files(tmp_path_factory.mktemp("cvd"), seed=0)
+    return load_cvd_model(**paths, dtype="fp32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, FRAMES, LATENT, LATENT, generator=g)
+    text = torch.randn(2, 77, 32, generator=g)
+    plucker = torch.randn(2, 6, FRAMES, 8 * LATENT, 8 * LATENT, generator=g)
+    f_mats = 1e-3 * torch.randn(2, FRAMES, 3, 3, generator=g)
+    return latents, text, plucker, f_mats, torch.tensor([1, 0])
+
+
+def _predict(model, inputs, t=EARLY_T):
+    latents, text, plucker, f_mats, partner = inputs
+    return model.predict_noise(latents, t, text, plucker, f_mats, partner)
+
+
+@pytest.fixture(scope="module")
+def plain(model, inputs):
+    return _predict(model, inputs)
+
+
+def _enhanced(model, **overrides):
+    patched, = ENHANCER_CVD.run(model=model, **knob_values(**overrides)).values
+    return patched
+
+
+# ------------------------------------------------------------------------------ schema
+
+def test_both_nodes_share_the_public_widget_order():
+    assert list(KNOBS) == PUBLIC_KNOBS
+    for schema, socket in ((ENHANCER, "MODEL"), (ENHANCER_CVD, "CVD_MODEL")):
+        assert [i.name for i in schema.inputs] == ["model"] + PUBLIC_KNOBS
+        assert schema.inputs[0].type == socket and [o.type for o in schema.outputs] == [socket]
+        assert schema.category == "CVD/enhance"
+        defaults = {i.name: i.default for i in schema.inputs[1:]}
+        assert defaults == dict(strength=0.1, window=6, window_mode="fixed", block_start=7, block_end=19,
+                                start_percent=0.0, end_percent=0.6, apply_to="both", token_scope="all",
+                                preserve_norm=True)
+
+
+def test_validators_name_the_rule():
+    v1 = build_v1(ENHANCER)
+    assert v1.VALIDATE_INPUTS(block_start=7, block_end=19, start_percent=0.0, end_percent=0.6) is True
+    assert "block_end must be -1" in v1.VALIDATE_INPUTS(block_start=9, block_end=8, start_percent=0.0,
+                                                        end_percent=0.6)
+    assert "start_percent" in v1.VALIDATE_INPUTS(block_start=7, block_end=19, start_percent=0.7, end_percent=0.6)
+    assert v1.VALIDATE_INPUTS(block_start=7, block_end=None, start_percent=0.0, end_percent=0.6) is True  # linked
+    cvd = build_v1(ENHANCER_CVD)
+    assert "use apply_to = both" in cvd.VALIDATE_INPUTS(block_start=7, block_end=19, start_percent=0.0,
+                                                        end_percent=0.6, apply_to="cond")
+
+
+# ------------------------------------------------------------------------------ CVD_MODEL
+
+def test_cvd_enhancer_leaves_the_input_model_untouched_and_shares_weights(model):
+    patched = _enhanced(model, strength=0.3)
+    assert model.unet.feature_cache is None
+    assert isinstance(patched.unet.feature_cache, FeatureCacheConfig) and patched.unet.feature_cache.strength == 0.3
+    assert patched is not model and patched.unet is not model.unet
+    assert patched.unet.unet is model.unet.unet and patched.pose_encoder is model.pose_encoder  # no weight copy
+    assert dict(patched.named_parameters()).keys() == dict(model.named_parameters()).keys()
+    assert all(a is b for a, b in zip(patched.parameters(), model.parameters()))
+    again = _enhanced(patched, strength=0.0)  # re-patching a patched model replaces its setting
+    assert again.unet.feature_cache.strength == 0.0 and patched.unet.feature_cache.strength == 0.3
+
+
+def test_cvd_strength_zero_is_identical_and_positive_strength_changes(model, inputs, plain):
+    assert torch.equal(_predict(_enhanced(model, strength=0.0, end_percent=1.0), inputs), plain)
+    changed = _predict(_enhanced(model, strength=0.3), inputs)
+    assert torch.isfinite(changed).all()
+    assert (changed - plain).abs().max() > 1e-4
+    assert torch.equal(_predict(model, inputs), plain)  # the original still gives the unpatched output
+
+
+def test_cvd_state_does_not_leak_between_calls(model, inputs):
+    patched = _enhanced(model, strength=0.3, window_mode="sliding")
+    first = _predict(patched, inputs)
+    other = list(inputs)
+    other[0] = inputs[0].flip(-1)
+    _predict(patched, tuple(other))  # a different call in between
+    assert torch.equal(_predict(patched, inputs), first)
+
+
+def test_cvd_timestep_range_excludes_steps(model, inputs, plain):
+    late_only = _enhanced(model, strength=0.3, start_percent=0.5, end_percent=1.0)
+    assert torch.equal(_predict(late_only, inputs, t=EARLY_T), plain)  # fraction 0.1 is outside 0.5..1
+
+
+def test_cvd_blends_the_same_blocks_as_the_comfyui_patches(model, inputs, monkeypatch):
+    """Default range 7-19 on the SD1.5 layout: windows {7,8} {9,10,11} | {12,13,14} {15,16,17} {18,19}; a
+    block is blended when its window holds more than its own input."""
+    states = []
+
+    class Recording(FeatureCacheState):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            states.append(self)
+
+    monkeypatch.setattr(network, "FeatureCacheState", Recording)
+    _predict(_enhanced(model), inputs)
+    assert len(states) == 1
+    expected = [9, 11, 12, 14, 15, 17, 18]
+    assert states[0].blended_blocks == expected
+    assert _comfyui_protocol_blends(FeatureCacheConfig(**_core_kwargs())) == expected
+
+
+def _core_kwargs():
+    knobs = knob_values()
+    return dict(window=knobs["window"], mode=knobs["window_mode"], strength=knobs["strength"],
+                block_start=knobs["block_start"], block_end=knobs["block_end"], preserve_norm=True)
+
+
+def _comfyui_protocol_blends(cfg):
+    """Replay ComfyUI's SD1.5 block-patch calls (shapes of an 8x8 latent) and return the blended blocks."""
+    from cvd_core.feature_cache import make_unet_patches
+
+    patches = make_unet_patches(cfg)
+    down_sizes = [8, 8, 8, 4, 4, 4, 2, 2, 2, 1, 1, 1]  # output size of input blocks 0-11
+    up_sizes = [1, 1, 2, 2, 2, 4, 4, 4, 8, 8, 8]  # input size of output blocks 1-11 (block 0: the middle, 1)
+    options = {}
+    for index, size in enumerate(down_sizes):
+        options["block"] = ("input", index)
+        patches[INPUT_PATCH_NAME](torch.randn(1, 4, size, size), options)
+    for index, size in enumerate([1] + up_sizes):
+        options["block"] = ("output", index)
+        patches[OUTPUT_PATCH_NAME](torch.randn(1, 4, size, size), torch.randn(1, 4, size, size), options)
+    forward = next(v for k, v in options.items() if k != "block")
+    return forward.state.blended_blocks
+
+
+def test_cvd_rejects_what_it_cannot_do(model):
+    with pytest.raises(NodeInputError, match="apply_to='cond' is not available on a CVD_MODEL"):
+        _enhanced(model, apply_to="cond")
+    with pytest.raises(NodeInputError, match="block_start 30 is past the model's last block \\(24\\)"):
+        _enhanced(model, block_start=30, block_end=-1)
+    with pytest.raises(NodeInputError, match="expected a CVD_MODEL"):
+        ENHANCER_CVD.run(model=object(), **knob_values())
+    assert _enhanced(model, block_end=40).unet.feature_cache.block_end == -1  # past the end = the last block
+
+
+# ------------------------------------------------------------------------------ core MODEL (stand-in patcher)
+
+class _Sampling:
+    @staticmethod
+    def percent_to_sigma(percent):
+        return 14.6 * (1.0 - percent) + 0.03
+
+
+class _BaseModel:
+    def __init__(self, blocks=(12, 12)):
+        self.diffusion_model = type("UNetModel", (), {"input_blocks": [None] * blocks[0], "middle_block": None,
+                                                     "output_blocks": [None] * blocks[1]})()
+        self.model_sampling = _Sampling()
+
+
+class _Patcher:
+    """What the node uses of ComfyUI's ``ModelPatcher``: clone (deep-copied options) and set_model_patch."""
+
+    def __init__(self, base):
+        self.model = base
+        self.model_options = {"transformer_options": {}}
+
+    def clone(self):
+        other = _Patcher(self.model)
+        other.model_options = copy.deepcopy(self.model_options)
+        return other
+
+    def set_model_patch(self, patch, name):
+        patches = self.model_options["transformer_options"].setdefault("patches", {})
+        patches[name] = patches.get(name, []) + [patch]
+
+
+def test_core_enhancer_patches_a_clone_only():
+    original = _Patcher(_BaseModel())
+    patched, = ENHANCER.run(model=original, **knob_values(strength=0.2)).values
+    assert original.model_options == {"transformer_options": {}}
+    assert set(patched.model_options["transformer_options"]["patches"]) == {INPUT_PATCH_NAME, OUTPUT_PATCH_NAME}
+    cache = patched.model_options["transformer_options"]["patches"][INPUT_PATCH_NAME][0].cache
+    assert cache.cfg.strength == 0.2 and cache.cfg.block_end == 19
+    assert cache.sigma_range.sigma_start is None and cache.sigma_range.sigma_end == pytest.approx(14.6 * 0.4 + 0.03)
+    again, = ENHANCER.run(model=patched, **knob_values()).values  # chaining keeps separate states
+    assert len(again.model_options["transformer_options"]["patches"][INPUT_PATCH_NAME]) == 2
+    assert len(patched.model_options["transformer_options"]["patches"][INPUT_PATCH_NAME]) == 1
+
+
+def test_core_enhancer_fits_the_block_range_to_the_model():
+    sdxl = _Patcher(_BaseModel(blocks=(9, 9)))  # 19 blocks: the default block_end 19 means 'the last'
+    patched, = ENHANCER.run(model=sdxl, **knob_values()).values
+    assert patched.model_options["transformer_options"]["patches"][INPUT_PATCH_NAME][0].cache.cfg.block_end == -1
+    with pytest.raises(NodeInputError, match="block_start 19 is past the model's last block \\(18\\)"):
+        ENHANCER.run(model=sdxl, **knob_values(block_start=19))
+
+
+def test_core_enhancer_refuses_non_unet_models():
+    flux = _Patcher(_BaseModel())
+    flux.model.diffusion_model = type("Flux", (), {})()
+    with pytest.raises(NodeInputError, match="patches SD-family UNets.*network is Flux"):
+        ENHANCER.run(model=flux, **knob_values())

@@ -1,0 +1,294 @@
+"""Sampler and MCM node functions called directly (no server) with the tiny CVD model.
+
+Sizes are minimal (frames 2, 16x16 pixels, width-32 UNet) so that every denoiser call is cheap.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cvd_core.camera import make_preset_rig
+from cvd_core.cvd import load_cvd_model, write_tiny_cvd_files
+from cvd_core.mcm import mcm_timesteps
+from nodes._comfy import NodeInputError
+from nodes.mcm import LORA_CVD, SCHEDULER, core_model_patches, merged_copy, schedule_sigmas
+from nodes.sampling import SAMPLER
+from nodes.vae import DECODE, TO_IMAGE_LATENTS
+from tests._shared import shared_fixture
+
+TEXT = 32  # the tiny model's cross-attention width
+SIZE, FRAMES = 64, 2  # 64 px: the pose encoder halves 8x8-unshuffled maps three times
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    paths = write_tiny_cvd_files(tmp_path_factory.mktemp("cvd"), seed=0)
+    return load_cvd_model(**paths, dtype="fp32", device="cpu")
+
+
+def _rig(views, frames=FRAMES, size=SIZE):
+    return make_preset_rig("circle", views, frames, size, size)
+
+
+def _cond(seed, width=TEXT, tokens=77, batch=1):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(batch, tokens, width, generator=g), {"pooled_output": None}]]
+
+
+def _sample(model, views=2, **overrides):
+    kwargs = dict(cvd_model=model, cameras=_rig(views), positive=_cond(1), negative=_cond(2), seed=7, steps=1,
+                  cfg=8.5, scheduler="ddim", strategy="random", recurrence=1, max_batch=0, denoise=1.0)
+    kwargs.update(overrides)
+    latent, = SAMPLER.run(**kwargs).values
+    return latent
+
+
+def test_output_latent_convention(tiny_model):
+    latent = _sample(tiny_model, views=2)
+    assert latent["samples"].shape == (2, 4, FRAMES, SIZE // 8, SIZE // 8)
+    assert latent["views"] == 2 and latent["cvd_temporal_compression"] == 1 and latent["cvd_frames"] == FRAMES
+    assert latent["cvd_latent_scale"] == pytest.approx(0.18215) and latent["cvd_latent_shift"] == 0.0
+    assert torch.isfinite(latent["samples"]).all()
+    image_latents, = TO_IMAGE_LATENTS.run(latent=latent).values  # one SD image latent per frame
+    assert image_latents["samples"].shape == (2 * FRAMES, 4, SIZE // 8, SIZE // 8)
+
+
+def test_same_seed_same_latent_and_seed_matters(tiny_model):
+    a = _sample(tiny_model, views=3, steps=2)["samples"]
+    b = _sample(tiny_model, views=3, steps=2)["samples"]
+    c = _sample(tiny_model, views=3, steps=2, seed=8)["samples"]
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("views", [3])  # odd: one view has two partners
+def test_max_batch_invariance_through_the_node(tiny_model, views):
+    auto = _sample(tiny_model, views=views, max_batch=0, steps=2)["samples"]
+    tight = _sample(tiny_model, views=views, max_batch=2, steps=2)["samples"]
+    odd = _sample(tiny_model, views=views, max_batch=5, steps=2)["samples"]
+    # Same rows, same noise, same accumulation order: only float rounding of differently sized
+    # batched GEMMs differs (about 1e-5, amplified by cfg 8.5); a different seed differs by > 1e-2.
+    torch.testing.assert_close(tight, auto, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(odd, auto, atol=2e-4, rtol=1e-4)
+
+
+def test_one_view_is_plain_cameractrl(tiny_model):
+    latent = _sample(tiny_model, views=1, max_batch=1)
+    assert latent["samples"].shape[0] == 1 and torch.isfinite(latent["samples"]).all()
+
+
+def test_predict_noise_without_partner_skips_the_cvsms(tiny_model):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, FRAMES, SIZE // 8, SIZE // 8, generator=g)
+    text = torch.randn(1, 77, TEXT, generator=g)
+    plucker = torch.randn(1, 6, FRAMES, SIZE, SIZE, generator=g)
+    eps = tiny_model.predict_noise(x, torch.tensor(500), text, plucker)  # F_mats, partner omitted
+    tiny_model.unet.with_cvsm = False
+    try:
+        plain = tiny_model.predict_noise(x, torch.tensor(500), text, plucker)
+    finally:
+        tiny_model.unet.with_cvsm = True
+    torch.testing.assert_close(eps, plain)
+    with pytest.raises(ValueError, match="go together"):
+        tiny_model.predict_noise(x, torch.tensor(500), text, plucker, F_mats=torch.zeros(1, FRAMES, 3, 3))
+
+
+def test_per_view_prompts_as_a_list_equal_a_batch_and_change_the_result(tiny_model):
+    same = _sample(tiny_model, views=2, cfg=1.0)["samples"]
+    per_view = _sample(tiny_model, views=2, cfg=1.0, positive=_cond(1) + _cond(3))["samples"]
+    batch = [[torch.cat([_cond(1)[0][0], _cond(3)[0][0]]), {}]]
+    torch.testing.assert_close(per_view, _sample(tiny_model, views=2, cfg=1.0, positive=batch)["samples"])
+    assert (per_view - same).abs().max() > 1e-4
+
+
+def test_long_prompts_of_different_lengths_are_repeated_to_a_common_length(tiny_model):
+    latent = _sample(tiny_model, views=2, positive=_cond(1, tokens=154), negative=_cond(2, tokens=77))
+    assert torch.isfinite(latent["samples"]).all()
+
+
+def test_conditioning_width_mismatch_names_both_widths(tiny_model):
+    with pytest.raises(NodeInputError, match=r"width 768.*width 32"):
+        _sample(tiny_model, positive=_cond(1, width=768))
+
+
+def test_wrong_number_of_per_view_prompts(tiny_model):
+    with pytest.raises(NodeInputError, match="holds 2 conditionings but the cameras have 3 views"):
+        _sample(tiny_model, views=3, positive=_cond(1) + _cond(2))
+
+
+def test_too_many_frames_names_the_limit(tiny_model):
+    with pytest.raises(NodeInputError, match=r"frames must be at most \d+ \(the motion modules.*got 40"):
+        SAMPLER.run(cvd_model=tiny_model, cameras=_rig(2, frames=40), positive=_cond(1), negative=_cond(2), seed=0,
+                    steps=1, cfg=1.0, scheduler="ddim", strategy="random", recurrence=1, max_batch=0, denoise=1.0)
+
+
+def test_size_must_be_a_multiple_of_8():
+    from cvd_core.camera import CameraError
+    with pytest.raises(CameraError, match="multiple of 8"):
+        _rig(2, size=20)
+
+
+def test_denoise_below_one_needs_a_latent_and_uses_it(tiny_model):
+    with pytest.raises(NodeInputError, match="needs a latent"):
+        _sample(tiny_model, denoise=0.5)
+    start = _sample(tiny_model, views=2, cfg=1.0)
+    a = _sample(tiny_model, views=2, cfg=1.0, steps=2, latent=start, denoise=0.5)["samples"]
+    zero = dict(start, samples=torch.zeros_like(start["samples"]))
+    b = _sample(tiny_model, views=2, cfg=1.0, steps=2, latent=zero, denoise=0.5)["samples"]
+    assert (a - b).abs().max() > 1e-3
+    with pytest.raises(NodeInputError, match="latent must be a 5-D video latent"):
+        _sample(tiny_model, views=3, steps=2, latent=start, denoise=0.5)
+
+
+def test_mcm_with_sigmas_matches_mcm_with_steps(tiny_model):
+    sigmas, = SCHEDULER.run(steps=2, beta_schedule="auto", denoise=1.0).values
+    from_sigmas = _sample(tiny_model, scheduler="mcm", cfg=1.0, sigmas=sigmas)["samples"]
+    from_steps = _sample(tiny_model, scheduler="mcm", cfg=1.0, steps=2)["samples"]
+    torch.testing.assert_close(from_sigmas, from_steps)
+    with pytest.raises(NodeInputError, match="set scheduler to mcm"):
+        _sample(tiny_model, scheduler="ddim", sigmas=sigmas)
+
+
+def test_progress_counts_denoiser_calls_and_cancel_stops(tiny_model, monkeypatch):
+    import nodes.sampling as sampling
+    from cvd_core.progress import CallbackProgress
+
+    seen = []
+
+    class Cancelled(Exception):
+        pass
+
+    def update(done, total):
+        seen.append((done, total))
+        if done == 2:
+            raise Cancelled()
+
+    monkeypatch.setattr(sampling, "progress_bar", lambda unique_id=None: CallbackProgress(update))
+    with pytest.raises(Cancelled):
+        _sample(tiny_model, views=4, max_batch=2, steps=3, cfg=1.0)
+    # 4 views, random pairing: 2 pairs per step, max_batch 2 -> 2 calls per step, 3 steps
+    assert seen[-1] == (2, 6)
+
+
+def test_cvvae_decode_refuses_per_frame_latents(tiny_model):
+    latent = _sample(tiny_model, views=1, max_batch=1)
+    with pytest.raises(NodeInputError, match="one latent frame per video frame"):
+        DECODE.run(cvvae=object(), latent=latent, tiling="auto", tile_size=0, tile_overlap=0.25, temporal_chunk=0)
+
+
+# ------------------------------------------------------------------------------ MCM nodes
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_mcm_scheduler_sigmas_equal_the_reference(steps):
+    reference = json.loads(shared_fixture("mcm/reference_timesteps.json").read_text())["bases"]
+    for base, entry in reference.items():
+        schedule = entry["scheduler_config"]["beta_schedule"]
+        expected = entry["by_steps"][str(steps)]["sigmas_kdiff"]
+        sigmas, = SCHEDULER.run(steps=steps, beta_schedule=schedule, denoise=1.0).values
+        assert sigmas.tolist() == pytest.approx(expected, rel=1e-5, abs=1e-6), base
+        if schedule == "linear":  # auto without a model = AnimateDiff/CVD's linear schedule
+            auto, = SCHEDULER.run(steps=steps, beta_schedule="auto", denoise=1.0).values
+            assert torch.equal(auto, sigmas)
+
+
+def test_mcm_scheduler_uses_the_models_own_sigma_table():
+    class Sampling:  # ComfyUI ModelSamplingDiscrete stand-in: a table of sigma(t) = t / 100 + 0.01
+        sigmas = torch.arange(1000, dtype=torch.float32) / 100 + 0.01
+
+        def sigma(self, timestep):
+            return self.sigmas[timestep.long()]
+
+    class Model:
+        class model:
+            model_sampling = Sampling()
+
+    sigmas, _ = schedule_sigmas(4, "auto", 1.0, Model())
+    assert sigmas.tolist() == pytest.approx([10.0, 7.6, 5.0, 2.6, 0.0])
+    linear, _ = schedule_sigmas(4, "linear", 1.0, Model())  # an explicit schedule ignores the model
+    assert float(linear[0]) == pytest.approx(25.14612, abs=1e-4)
+
+
+def _peft_adapter(folder, model, rank=2, seed=0):
+    """A tiny PEFT adapter in MCM's layout for two spatial layers and one motion-module layer."""
+    root = model.unet.unet
+    g = torch.Generator().manual_seed(seed)
+    targets = ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+               "down_blocks.0.resnets.0.conv1",
+               "down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q",  # diffusers motion naming
+               "down_blocks.0.attentions.0.not_a_layer"]
+    state = {}
+    for path in targets:
+        module_path = path.replace("motion_modules.0.transformer_blocks", "motion_modules.0.temporal_transformer."
+                                   "transformer_blocks").replace("attn1.to_q", "attention_blocks.0.to_q") \
+            if "motion" in path else path
+        try:
+            weight = root.get_submodule(module_path).weight
+        except AttributeError:
+            weight = torch.zeros(8, 8)
+        a_shape = (rank, *weight.shape[1:]) if weight.dim() == 4 else (rank, weight.shape[1])
+        b_shape = (weight.shape[0], rank, 1, 1) if weight.dim() == 4 else (weight.shape[0], rank)
+        state[f"base_model.model.{path}.lora_A.weight"] = torch.randn(a_shape, generator=g)
+        state[f"base_model.model.{path}.lora_B.weight"] = torch.randn(b_shape, generator=g)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({"r": rank, "lora_alpha": rank, "target_modules": []}))
+    return folder
+
+
+def test_lora_merge_on_a_copy_leaves_the_input_untouched(tiny_model, tmp_path, monkeypatch):
+    folder = _peft_adapter(tmp_path / "mcm" / "tiny-mcm", tiny_model)
+    import nodes.mcm as mcm
+    monkeypatch.setattr(mcm, "resolve_model_entry", lambda kind, name: str(tmp_path / "mcm" / name))
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    merged, text = LORA_CVD.run(cvd_model=tiny_model, lora_name="tiny-mcm", strength=1.0).values
+    after = tiny_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert "merged into 3 modules, skipped 1" in text and "not_a_layer" in text
+    merged_sd = merged.state_dict()
+    changed = sorted(k for k in before if not torch.equal(before[k], merged_sd[k]))
+    assert changed == ["unet.unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight",
+                       "unet.unet.down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0."
+                       "attention_blocks.0.to_q.weight",
+                       "unet.unet.down_blocks.0.resnets.0.conv1.weight"]
+    # unpatched parameters are shared, not copied
+    assert merged.unet.unet.conv_in.weight is tiny_model.unet.unet.conv_in.weight
+    assert folder.exists()
+
+
+def test_lora_merge_with_nothing_matching_is_an_error(tiny_model, tmp_path, monkeypatch):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    save_file({"base_model.model.foo.bar.lora_A.weight": torch.zeros(2, 4),
+               "base_model.model.foo.bar.lora_B.weight": torch.zeros(4, 2)}, str(folder / "adapter_model.safetensors"))
+    import nodes.mcm as mcm
+    monkeypatch.setattr(mcm, "resolve_model_entry", lambda kind, name: str(folder))
+    with pytest.raises(NodeInputError, match="no layer of 'bad' matched"):
+        LORA_CVD.run(cvd_model=tiny_model, lora_name="bad", strength=1.0)
+
+
+def test_core_model_patches_map_diffusers_paths_to_ldm_keys():
+    deltas = {"down_blocks.0.attentions.0.proj_in": torch.ones(4, 4),  # linear delta -> 1x1 conv weight
+              "down_blocks.0.resnets.0.conv1": torch.ones(4, 4, 3, 3),
+              "down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q": torch.ones(4, 4)}
+    mapping = {"down_blocks.0.attentions.0.proj_in.weight": "input_blocks.1.1.proj_in.weight",
+               "down_blocks.0.resnets.0.conv1.weight": "input_blocks.1.0.in_layers.2.weight"}
+    shapes = {"diffusion_model.input_blocks.1.1.proj_in.weight": torch.Size([4, 4, 1, 1]),
+              "diffusion_model.input_blocks.1.0.in_layers.2.weight": torch.Size([4, 4, 3, 3])}
+    patches, report = core_model_patches(deltas, mapping, shapes)
+    assert set(patches) == set(shapes)
+    assert patches["diffusion_model.input_blocks.1.1.proj_in.weight"][0].shape == (4, 4, 1, 1)
+    assert report.skipped[0][1].startswith("motion module")
+
+
+def test_merged_copy_is_deterministic(tiny_model, tmp_path):
+    from cvd_core.mcm import load_peft_adapter, lora_deltas
+    folder = _peft_adapter(tmp_path / "a", tiny_model)
+    deltas = lora_deltas(*load_peft_adapter(folder))
+    one, _ = merged_copy(tiny_model, deltas, 0.5)
+    two, _ = merged_copy(tiny_model, deltas, 0.5)
+    key = "unet.unet.down_blocks.0.resnets.0.conv1.weight"
+    assert torch.equal(one.state_dict()[key], two.state_dict()[key])
+    expected = tiny_model.state_dict()[key] + 0.5 * deltas["down_blocks.0.resnets.0.conv1"]
+    torch.testing.assert_close(one.state_dict()[key], expected)
