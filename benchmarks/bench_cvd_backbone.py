@@ -15,9 +15,14 @@ import resource
 import tempfile
 import time
 
+import os
+import sys
+
 import torch
 
-from cvd_core.cvd import load_cvd_model, resolve_dtype
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+
+from cvd_core.cvd import load_cvd_model, resolve_dtype  # noqa: E402
 from cvd_core.cvd import tiny as tiny_module
 
 

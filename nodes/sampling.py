@@ -11,6 +11,12 @@ Per-view prompts: ``positive`` (and ``negative``) hold either one conditioning f
 exactly one per view, in view order: chain core ``Conditioning (Combine)`` nodes prompt by prompt
 (combine(combine(view0, view1), view2) lists view0, view1, view2), or feed one entry whose tensor
 has a batch of V.
+
+Regional prompts (scene director): connect ``layout`` (CVD Project Layout) and ``entity_prompts``
+(one CONDITIONING per entity, in the layout's entity order, chained with Conditioning Combine).
+Each entity's prompt steers the conditional noise prediction inside its projected mask in every
+view and frame (masked noise-prediction blending, see ``cvd_core.sampling.collaborative``); the
+masks are area-resized to the latent size. Each entity adds one set of conditional rows per step.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from ._comfy import NodeInputError, free_memory, free_memory_bytes, progress_bar
 from ._schema import Input, NodeSchema, Output, Result
 from .camera import CAMERAS
 from .cvd_model import CVD_MODEL
+from .scene import LAYOUT
 
 CATEGORY = "CVD/sampling"
 SCHEDULERS = ["ddim", "mcm"]
@@ -84,6 +91,60 @@ def text_embeddings(positive, negative, views: int, width: int, use_cfg: bool):
     uncond_rows = _per_view_text(negative, "negative", views, width) if use_cfg else []
     stacked = _stack_tokens(cond_rows + uncond_rows)
     return stacked[:views], (stacked[views:] if use_cfg else None)
+
+
+# ------------------------------------------------------------------------------ regional prompts
+
+def _layout_masks(layout, rig) -> torch.Tensor:
+    """The layout's masks as ``[E, V, 1, F, h, w]`` at latent size (area-resized from the image size: soft
+    at the edges, so an entity covering part of a latent pixel steers it partly)."""
+    try:
+        views, frames, width, height = int(layout.views), int(layout.frames), int(layout.width), int(layout.height)
+        entity_ids, masks = list(layout.entity_ids), layout.masks
+    except (AttributeError, TypeError, ValueError):
+        raise NodeInputError(f"layout must be a CVD_LAYOUT from CVD Project Layout, got {type(layout).__name__}") \
+            from None
+    mismatches = [f"{name} {got} vs {want}" for name, got, want in
+                  (("views", views, rig.n_views), ("frames", frames, rig.n_frames)) if got != want]
+    if (width, height) not in ((rig.width, rig.height), (rig.width // 8, rig.height // 8)):
+        mismatches.append(f"size {width}x{height} vs {rig.width}x{rig.height} (or the latent size "
+                          f"{rig.width // 8}x{rig.height // 8})")
+    if mismatches:
+        raise NodeInputError("layout must match the cameras (project it with the same rig; width/height 0, the "
+                             f"cameras' size or the latent size): layout vs cameras differ in {', '.join(mismatches)}")
+    h, w = rig.height // 8, rig.width // 8
+    out = []
+    for entity_id in entity_ids:
+        mask = torch.as_tensor(masks[entity_id]).float().cpu()
+        if tuple(mask.shape) != (views * frames, height, width):
+            raise NodeInputError(f"layout mask of entity {entity_id!r} must be [{views * frames}, {height}, {width}] "
+                                 f"(views x frames, height, width), got {list(mask.shape)}")
+        small = torch.nn.functional.interpolate(mask.view(views * frames, 1, height, width),
+                                                size=(h, w), mode="area")
+        out.append(small.view(views, frames, 1, h, w).permute(0, 2, 1, 3, 4).clamp(0.0, 1.0))
+    return torch.stack(out) if out else torch.zeros(0, views, 1, frames, h, w)
+
+
+def regional_inputs(layout, entity_prompts, rig, width: int):
+    """``[(text [1, L, D], mask [V, 1, F, h, w]), ...]`` for ``sample_multiview(regional=...)``, or None."""
+    if layout is None and entity_prompts is None:
+        return None
+    if layout is None or entity_prompts is None:
+        missing = "layout" if layout is None else "entity_prompts"
+        raise NodeInputError(f"regional prompts need both layout and entity_prompts: connect {missing} too "
+                             "(or disconnect both)")
+    masks = _layout_masks(layout, rig)
+    rows = _conditioning_rows(entity_prompts, "entity_prompts")
+    ids = list(layout.entity_ids)
+    if len(rows) != len(ids):
+        raise NodeInputError(f"entity_prompts holds {len(rows)} conditionings but the layout has {len(ids)} entities "
+                             f"({', '.join(ids) or 'none'}): give exactly one per entity, in that order "
+                             "(Conditioning Combine)")
+    for row in rows:
+        if row.shape[-1] != width:
+            raise NodeInputError(f"entity_prompts has text width {row.shape[-1]} but the CVD model's cross-attention "
+                                 f"takes width {width}: encode them with the same SD1.5 CLIP as positive")
+    return [(row.unsqueeze(0), mask) for row, mask in zip(rows, masks)]
 
 
 # ------------------------------------------------------------------------------ model and cameras
@@ -159,14 +220,15 @@ def _start_latent(latent, rig, seed: int, sched) -> torch.Tensor:
     return sched.add_noise(samples.float().cpu(), noise, 0)
 
 
-def _auto_max_batch(rig, strategy: str, seed: int, steps: int, recurrence: int, use_cfg: bool, cvd_model) -> Optional[int]:
+def _auto_max_batch(rig, strategy: str, seed: int, steps: int, recurrence: int, use_cfg: bool, cvd_model,
+                    entities: int = 0) -> Optional[int]:
     """Rows per denoiser call from ComfyUI's view of free memory (None: let the core decide)."""
     free = free_memory_bytes(cvd_model.device)
     if free is None:
         return None
     widest = max(len(pair_schedule(rig.n_views, strategy, step, seed, substep=r))
                  for step in range(steps) for r in range(recurrence))
-    rows = rows_per_iteration(widest, 2 if use_cfg else 1)
+    rows = rows_per_iteration(widest, (2 if use_cfg else 1) + entities)
     view_shape = (LATENT_CHANNELS, rig.n_frames, rig.height // 8, rig.width // 8)
     return estimate_max_batch(view_shape, free, rows, rig.n_views, cvd_model.dtype)
 
@@ -174,7 +236,7 @@ def _auto_max_batch(rig, strategy: str, seed: int, steps: int, recurrence: int, 
 # ------------------------------------------------------------------------------ the node
 
 def _run_sampler(cvd_model, cameras, positive, negative, seed, steps, cfg, scheduler, strategy, recurrence,
-                 max_batch, denoise, latent=None, sigmas=None, unique_id=None):
+                 max_batch, denoise, latent=None, sigmas=None, layout=None, entity_prompts=None, unique_id=None):
     rig = _rig(cameras, cvd_model)
     if strategy not in STRATEGIES:
         raise NodeInputError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
@@ -183,15 +245,17 @@ def _run_sampler(cvd_model, cameras, positive, negative, seed, steps, cfg, sched
     sched = make_scheduler(scheduler, steps, denoise, sigmas)
     use_cfg = float(cfg) != 1.0
     cond, uncond = text_embeddings(positive, negative, rig.n_views, model_text_width(cvd_model), use_cfg)
+    regional = regional_inputs(layout, entity_prompts, rig, model_text_width(cvd_model))
     plucker, fundamentals = camera_inputs(rig)
     start = _start_latent(latent, rig, seed, sched)
     free_memory(cvd_model.device)
     if max_batch == 0:
-        max_batch = _auto_max_batch(rig, strategy, seed, len(sched.timesteps), recurrence, use_cfg, cvd_model)
+        max_batch = _auto_max_batch(rig, strategy, seed, len(sched.timesteps), recurrence, use_cfg, cvd_model,
+                                    len(regional or []))
     try:
         samples = sample_multiview(cvd_model, start, cond, uncond, plucker, fundamentals if rig.n_views > 1 else None,
                                    sched, guidance_scale=float(cfg), strategy=strategy, recurrence=recurrence,
-                                   max_batch=max_batch, seed=seed, progress=progress_bar(unique_id))
+                                   max_batch=max_batch, seed=seed, progress=progress_bar(unique_id), regional=regional)
     except ValueError as exc:
         raise NodeInputError(str(exc)) from None
     out = {"samples": samples.cpu(), "views": rig.n_views, "cvd_frames": rig.n_frames,
@@ -216,7 +280,10 @@ SAMPLER = NodeSchema(
                  "with cross-view attention along the epipolar lines of its cameras, and each view's prediction is "
                  "the mean over its pairs. One view = plain CameraCtrl. Output: a 5-D LATENT with one latent frame "
                  "per video frame; decode with CVD Latent Frames To Image Latents -> VAE Decode (SD1.5 VAE). "
-                 "Per-view prompts: give positive one conditioning per view (Conditioning Combine, in view order)."),
+                 "Per-view prompts: give positive one conditioning per view (Conditioning Combine, in view order). "
+                 "Regional prompts: connect a layout (CVD Project Layout) and entity_prompts (one per entity, in "
+                 "the layout's entity order): each entity's prompt steers the prediction inside its mask in every "
+                 "view and frame; each entity adds one set of conditional denoiser rows per step."),
     inputs=[
         Input("cvd_model", CVD_MODEL, "The backbone from CVD Load Model (optionally with an MCM LoRA merged)."),
         Input("cameras", CAMERAS, "The camera rig: its views, frames (at most 32; CVD is trained on 16) and image "
@@ -245,6 +312,12 @@ SAMPLER = NodeSchema(
               "frame) for denoise below 1.", optional=True),
         Input("sigmas", "SIGMAS", "Optional schedule from CVD MCM Scheduler (with scheduler = mcm); overrides "
               "steps and denoise.", optional=True),
+        Input("layout", LAYOUT, "Optional scene layout from CVD Project Layout (same cameras, image size and frames): "
+              "its per-entity masks, resized to the latent size, place entity_prompts. Needs entity_prompts.",
+              optional=True),
+        Input("entity_prompts", "CONDITIONING", "Optional prompts, exactly one per layout entity in the layout's "
+              "entity order (chain CLIP Text Encode outputs with Conditioning Combine). Each applies inside its "
+              "entity's mask; the positive prompt applies elsewhere. Needs layout.", optional=True),
     ],
     outputs=[Output("LATENT", "latent", "Video latents [views, 4, frames, h, w], scaled (UNet space), one latent "
                     "frame per video frame.")],

@@ -20,10 +20,23 @@ For a single view (N = 1) there is no partner: the sampler passes ``F_mats=None`
 ``partner=None``, which tells the denoiser to skip the CVSMs (plain CameraCtrl video). If the
 denoiser has ``dtype``/``device`` attributes, inputs are moved there; the sampler itself keeps the
 latents in float32.
+
+Regional prompts (scene director, masked noise-prediction blending)
+-------------------------------------------------------------------
+``regional`` is a list of ``(text_e, mask_e)``: a prompt embedding for entity e and its soft mask
+``[V, 1, F, h, w]`` in [0, 1] at latent size. Besides the normal conditional rows, every iteration
+runs conditional rows with ``text_e`` for the same pairs (same partners and F matrices, so the
+cross-view attention still pairs the views), averaged over the pairs like the others, giving
+``eps_e``. The conditional prediction is then blended before CFG:
+``eps_cond <- eps_cond * (1 - min(S, 1)) + sum_e (m_e / max(S, 1)) * eps_e`` with ``S = sum_e m_e``
+(masks from a projected layout are disjoint after occlusion; where they overlap, the weights are
+normalised). Outside every mask the prediction is exactly the plain one. Cost: (1 + E) times the
+conditional rows per iteration (E = entities whose mask is not empty; empty ones are skipped).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -109,21 +122,80 @@ def _iteration_pairs(n_views: int, strategy: str, step: int, seed: int, recurren
     return pairs
 
 
+Regional = Sequence[Tuple[torch.Tensor, torch.Tensor]]
+
+
+def _common_tokens(texts: Sequence[Optional[torch.Tensor]]) -> List[Optional[torch.Tensor]]:
+    """Repeat embeddings of different token counts (77·k) to their least common multiple.
+
+    Repeating all tokens k times leaves cross-attention unchanged (each softmax weight is split
+    into k equal parts over identical values), so rows of different prompt lengths can share a call.
+    Embeddings that already share one length are returned as they are.
+    """
+    lengths = {int(t.shape[1]) for t in texts if t is not None}
+    if len(lengths) <= 1:
+        return list(texts)
+    target = 1
+    for n in lengths:
+        target = target * n // math.gcd(target, n)
+    return [None if t is None else t.repeat(1, target // t.shape[1], 1) for t in texts]
+
+
+def _validate_regional(regional: Regional, latents: torch.Tensor, cond: torch.Tensor
+                       ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """Check ``(text [V or 1, L, D], mask [V or 1, 1, F, h, w])`` pairs; drop entities with empty masks."""
+    n_views, _, frames, h, w = latents.shape
+    kept = []
+    for e, item in enumerate(regional):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ValueError(f"regional[{e}] must be a (text, mask) pair, got {type(item).__name__}")
+        text = _per_view(f"regional[{e}] text", torch.as_tensor(item[0]), n_views, 3)
+        if text.shape[-1] != cond.shape[-1]:
+            raise ValueError(f"regional[{e}] text has width {text.shape[-1]} but cond has width {cond.shape[-1]} "
+                             f"(encode every prompt with the same text encoder)")
+        mask = _per_view(f"regional[{e}] mask", torch.as_tensor(item[1]), n_views, 5)
+        if tuple(mask.shape[1:]) != (1, frames, h, w):
+            raise ValueError(f"regional[{e}] mask must be [{n_views}, 1, {frames}, {h}, {w}] (views, 1, frames, "
+                             f"latent height, latent width), got {list(mask.shape)}")
+        mask = mask.to(latents.device, torch.float32)
+        if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+            raise ValueError(f"regional[{e}] mask values must lie in [0, 1], got "
+                             f"[{float(mask.min())}, {float(mask.max())}]")
+        if float(mask.max()) > 0:  # an entity seen in no view and no frame cannot change anything
+            kept.append((text, mask))
+    return kept
+
+
+def _blend_regional(cond: torch.Tensor, regional_eps: Sequence[torch.Tensor],
+                    masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Masked blend of the conditional prediction with the entities' predictions (see module doc)."""
+    total = torch.stack(list(masks)).sum(dim=0)
+    out = cond * (1.0 - total.clamp(max=1.0))
+    norm = total.clamp(min=1.0)  # overlapping masks: share the region instead of over-weighting it
+    for eps_e, mask in zip(regional_eps, masks):
+        out = out + (mask / norm) * eps_e
+    return out
+
+
 class _Runner:
-    """Holds the per-run inputs and runs the denoiser calls of one iteration."""
+    """Holds the per-run inputs and runs the denoiser calls of one iteration.
+
+    Branches: 0 = unconditional, 1 = conditional, 2 + e = conditional with entity e's prompt.
+    """
 
     def __init__(self, denoiser, latents, cond, uncond, plucker, fundamentals, guidance_scale,
-                 use_cfg, max_batch, progress):
+                 use_cfg, max_batch, progress, regional=()):
         self.denoiser = denoiser
         self.predict = getattr(denoiser, "predict_noise", denoiser)
         self.model_device = torch.device(getattr(denoiser, "device", latents.device))
         model_dtype = getattr(denoiser, "dtype", None)
         self.model_dtype = model_dtype if isinstance(model_dtype, torch.dtype) else torch.float32
-        self.texts = (uncond, cond)
+        self.texts = tuple(_common_tokens([uncond, cond] + [text for text, _ in regional]))
+        self.masks = [mask for _, mask in regional]
         self.plucker = plucker
         self.fundamentals = fundamentals
         self.guidance_scale = guidance_scale
-        self.branches = (0, 1) if use_cfg else (1,)
+        self.branches = ((0, 1) if use_cfg else (1,)) + tuple(2 + e for e in range(len(regional)))
         self.max_batch = max_batch
         self.progress = progress
         self.n_views = latents.shape[0]
@@ -161,7 +233,9 @@ class _Runner:
         counts = pairs_per_view(self.n_views, pairs) if pairs else [1]
         div = torch.tensor(counts, dtype=torch.float32, device=latents.device).view(-1, 1, 1, 1, 1)
         cond = sums[1] / div
-        if len(self.branches) == 1:
+        if self.masks:
+            cond = _blend_regional(cond, [sums[2 + e] / div for e in range(len(self.masks))], self.masks)
+        if 0 not in self.branches:
             return cond
         uncond = sums[0] / div
         return uncond + self.guidance_scale * (cond - uncond)
@@ -175,7 +249,7 @@ def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
                      max_batch: Optional[int] = None, seed: int = 0,
                      progress: Optional[Progress] = None,
                      preview_callback: Optional[PreviewCallback] = None,
-                     partitions: int = 1) -> torch.Tensor:
+                     partitions: int = 1, regional: Optional[Regional] = None) -> torch.Tensor:
     """Denoise N views together; returns the final latents ``[V, C, F, h, w]`` (float32).
 
     - ``latents_init``: x_T (e.g. ``noise.initial_noise``, or ``scheduler.add_noise`` for a
@@ -191,6 +265,10 @@ def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
     - ``progress``: ``start(total)`` with total = number of denoiser calls, ``advance(1)`` after
       each call; an exception raised there (cancel) propagates.
     - ``preview_callback(step_index, n_steps, x0_view0 [C, F, h, w])`` after every step.
+    - ``regional``: optional per-entity prompts, a list of ``(text [V or 1, L, D], mask
+      [V or 1, 1, F, h, w])`` with mask values in [0, 1] at latent size; each entity's prompt
+      steers the conditional prediction inside its mask (masked noise-prediction blending, see the
+      module doc). Costs one more set of conditional rows per entity; None or [] = off.
     """
     _validate(latents_init, plucker, F_of, strategy, recurrence, partitions)
     n_views, _, frames = latents_init.shape[:3]
@@ -203,6 +281,7 @@ def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
     if use_cfg and uncond is None:
         raise ValueError(f"guidance_scale {guidance_scale} needs uncond embeddings (or use guidance_scale 1)")
     plucker = _per_view("plucker", plucker, n_views, 5)
+    regional = _validate_regional(regional or [], latents_init, cond)
     progress = ensure_progress(progress)
     latents = latents_init.to(torch.float32).clone()
     view_shape = tuple(latents.shape[1:])
@@ -210,7 +289,7 @@ def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
     n_steps = len(scheduler.timesteps)
     schedule = [[_iteration_pairs(n_views, strategy, i, seed, r, partitions)
                  for r in range(recurrence if i != n_steps - 1 else 1)] for i in range(n_steps)]
-    n_branches = 2 if use_cfg else 1
+    n_branches = (2 if use_cfg else 1) + len(regional)
     if max_batch is None:
         widest = max(rows_per_iteration(len(p), n_branches) for step in schedule for p in step)
         model_dtype = getattr(denoiser, "dtype", torch.float32)
@@ -218,7 +297,7 @@ def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
                                    torch.device(getattr(denoiser, "device", latents.device)),
                                    model_dtype if isinstance(model_dtype, torch.dtype) else torch.float32)
     runner = _Runner(denoiser, latents, cond, uncond, plucker, _Fundamentals(F_of, frames),
-                     float(guidance_scale), use_cfg, int(max_batch), progress)
+                     float(guidance_scale), use_cfg, int(max_batch), progress, regional)
     progress.start(sum(len(runner.calls_for(p)) for step in schedule for p in step))
 
     for i, t in enumerate(scheduler.timesteps):

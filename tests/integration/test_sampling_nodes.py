@@ -40,6 +40,7 @@ def _videos(server, entry, node_id):
 
 def test_two_views_decode_back_with_pyav(comfy_server):
     prompt = _workflow("cvd_two_views")
+    prompt["7"]["inputs"]["steps"] = 3  # the decode/save path; the full 25-step workflow runs in test_workflows_run
     frames = prompt["5"]["inputs"]["frames"]
     size = prompt["5"]["inputs"]["width"]
     videos = _videos(comfy_server, comfy_server.run(prompt, timeout=600), "11")
@@ -68,6 +69,7 @@ def test_four_view_mcm_reports_schedule_and_lora(comfy_server):
 
 def test_one_view_runs_as_plain_cameractrl(comfy_server):
     prompt = _workflow("cvd_two_views")
+    prompt["7"]["inputs"]["steps"] = 3
     prompt["7"]["inputs"]["cameras"] = ["5", 0]  # the first trajectory alone
     prompt["11"]["inputs"]["cameras"] = ["5", 0]
     prompt["11"]["inputs"]["filename_prefix"] = "cvd_it/one_view"
