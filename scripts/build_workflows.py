@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.comfy_harness import ComfyServer  # noqa: E402
-from tests.support.test_models import install_test_models  # noqa: E402
+from tests.support.model_installers import install_test_models  # noqa: E402
 from tests.support.workflow_format import api_to_ui, lint_api, lint_ui  # noqa: E402
 
 

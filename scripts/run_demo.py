@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.comfy_harness import ComfyServer, output_files  # noqa: E402
 from tests.support.sample_inputs import EXAMPLES, write_sample_pose_files  # noqa: E402
-from tests.support.test_models import install_test_models  # noqa: E402
+from tests.support.model_installers import install_test_models  # noqa: E402
 
 PIPELINE = ["cvd_two_views", "cvd_four_views_mcm", "cvd_consistency_report"]
 CAMERA_NODES = ("CVD_CameraTrajectory", "CVD_LoadCameraPoses")

@@ -45,7 +45,7 @@ def comfy_server(tmp_path_factory):
             pytest.fail(message)
         pytest.skip(message)
     from tests.support.comfy_harness import ComfyServer
-    from tests.support.test_models import install_test_models
+    from tests.support.model_installers import install_test_models
 
     workdir = tmp_path_factory.mktemp("comfyui")
     server = ComfyServer(workdir)

@@ -16,24 +16,9 @@ from ..camera.epipolar import epipolar_attention_bias
 from .cvsm import DEFAULT_SCORE_BUDGET
 from .network import CVDUNet
 from .pose_encoder import CameraPoseEncoder
+from ..dtypes import resolve_dtype  # noqa: F401 (re-exported)
 
 SlopeSetting = Union[None, float, str]
-
-
-def resolve_dtype(dtype: Union[str, torch.dtype], device: Union[str, torch.device]) -> torch.dtype:
-    """``"auto"`` -> fp16 on CUDA (bf16 where supported), fp32 on CPU/MPS; names or dtypes pass through."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    if dtype in names:
-        return names[dtype]
-    if dtype != "auto":
-        raise ValueError(f"dtype must be one of auto, fp32, fp16, bf16 (or a torch.dtype), got {dtype!r}")
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
 
 
 class CVDModel(nn.Module):

@@ -20,36 +20,14 @@ import torch
 from .base import CVVAEBase
 from .model_sd3 import CVVAESD3Model
 from .model_z4 import CVVAEModel
+from ..dtypes import resolve_dtype  # noqa: F401 (re-exported)
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 VARIANT_CLASSES = {"z4": CVVAEModel, "z16": CVVAESD3Model}
 CLASS_VARIANTS = {"CVVAEModel": "z4", "CVVAESD3Model": "z16"}
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-          "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 DOWNLOAD_HINT = ("download a subfolder of https://huggingface.co/AILab-CVC/CV-VAE (vae3d_v1-1 or vae3d for z=4, "
                  "vae3d_sd3 for z=16) with its config.json and diffusion_pytorch_model.safetensors")
-
-
-def resolve_dtype(dtype: Union[str, torch.dtype, None], device: Union[str, torch.device] = "cpu") -> torch.dtype:
-    """Map "auto" | "fp32" | "fp16" | "bf16" (or a ``torch.dtype``) to a dtype for ``device``.
-
-    "auto" is bf16 on CUDA GPUs that support it (fp16's range can overflow in VAE decoders),
-    fp16 on other GPUs and MPS, fp32 on the CPU (half precision is slow and partial there).
-    """
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = "auto" if dtype is None else str(dtype).lower().replace("torch.", "")
-    if name in DTYPES:
-        return DTYPES[name]
-    if name != "auto":
-        raise ValueError(f"dtype must be 'auto', 'fp32', 'fp16' or 'bf16', got {dtype!r}")
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.float32
 
 
 def variant_from_keys(keys) -> str:
