@@ -29,3 +29,15 @@ def resolve_dtype(dtype: Union[str, torch.dtype, None], device: Union[str, torch
     if device.type == "mps":
         return torch.float16
     return torch.float32
+
+
+class ParameterPlacement:
+    """``dtype`` and ``device`` of an ``nn.Module`` read from its parameters (the compute dtype/device)."""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device

@@ -16,12 +16,12 @@ from ..camera.epipolar import epipolar_attention_bias
 from .cvsm import DEFAULT_SCORE_BUDGET
 from .network import CVDUNet
 from .pose_encoder import CameraPoseEncoder
-from ..dtypes import resolve_dtype  # noqa: F401 (re-exported)
+from ..dtypes import ParameterPlacement, resolve_dtype  # noqa: F401 (resolve_dtype re-exported)
 
 SlopeSetting = Union[None, float, str]
 
 
-class CVDModel(nn.Module):
+class CVDModel(ParameterPlacement, nn.Module):
     """UNet (SD1.5 + motion modules + CameraCtrl processors + CVSMs) and the CameraCtrl pose encoder.
 
     Attributes a caller may set:
@@ -50,13 +50,6 @@ class CVDModel(nn.Module):
 
     # -- settings ------------------------------------------------------------------------------
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     @property
     def pose_adaptor_scale(self) -> float:

@@ -7,8 +7,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..dtypes import ParameterPlacement
 
-class CVVAEBase(nn.Module):
+
+class CVVAEBase(ParameterPlacement, nn.Module):
     """Common surface of :class:`CVVAEModel` and :class:`CVVAESD3Model`.
 
     Subclasses build ``self.encoder``/``self.decoder`` and call :meth:`_init_common`.
@@ -30,15 +32,6 @@ class CVVAEBase(nn.Module):
         self.time_compression = 4
         self.spatial_compression = 8
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """Parameter dtype (the compute dtype)."""
-        return next(self.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        """Parameter device."""
-        return next(self.parameters()).device
 
     def scale_latents(self, z: torch.Tensor) -> torch.Tensor:
         """Unscaled VAE latents -> the diffusion model's latent space: ``(z - shift) * scale``."""
