@@ -132,26 +132,15 @@ def _run_model(model, **knobs):
 
 # ------------------------------------------------------------------------------ CVD_MODEL
 
-def _run_cvd(model, apply_to, **knobs):
-    if apply_to != "both":
-        # The CVD sampler does not yet tell the backbone which batch rows are conditional.
-        raise NodeInputError(f"apply_to={apply_to!r} is not available on a CVD_MODEL yet (the CVD sampler does not "
-                             "pass the guidance branch of each row to the model); use apply_to = both")
+def _run_cvd(model, **knobs):
     unet = getattr(model, "unet", None)
     if not hasattr(unet, "cache_block_count"):
         raise NodeInputError(f"expected a CVD_MODEL from CVD Load Model, got {type(model).__name__}")
-    cfg = _config(apply_to=apply_to, **knobs, block_count=unet.cache_block_count())
+    cfg = _config(**knobs, block_count=unet.cache_block_count())
     try:
         return Result((module_with_feature_cache(model, cfg),))
     except (TypeError, ValueError) as exc:
         raise NodeInputError(f"could not attach the feature cache: {exc}") from None
-
-
-def _validate_cvd(block_start, block_end, start_percent, end_percent, apply_to):
-    if apply_to != "both":
-        return (f"apply_to={apply_to!r} is not available on a CVD_MODEL yet (the CVD sampler does not pass the "
-                "guidance branch of each row to the model); use apply_to = both")
-    return _validate(block_start, block_end, start_percent, end_percent)
 
 
 def _schema(node_id: str, display: str, model_type: str, model_tooltip: str, run, validate, extra: str):
@@ -174,9 +163,10 @@ ENHANCER = _schema(
 
 ENHANCER_CVD = _schema(
     "CVD_FeatureCacheEnhancerCVD", "CVD Feature Cache Enhancer (RepVideo, CVD model)", CVD_MODEL,
-    "The CVD backbone from CVD Load Model.", _run_cvd, _validate_cvd,
+    "The CVD backbone from CVD Load Model.", _run_cvd, _validate,
     " On the CVD backbone a layer is resnet + spatial attention + motion module + cross-view module, and the "
-    "schedule fraction is read from the DDPM timestep (1000 steps). apply_to must be both for now.")
+    "schedule fraction is read from the DDPM timestep (1000 steps). apply_to picks rows of the CVD sampler's "
+    "batches (regional entity rows count as cond).")
 
 SCHEMAS = [ENHANCER, ENHANCER_CVD]
 

@@ -7,7 +7,7 @@ Batch layout (see the fixture README): row b of the UNet batch is one (view, CFG
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -19,6 +19,17 @@ from .pose_encoder import CameraPoseEncoder
 from ..dtypes import ParameterPlacement, resolve_dtype  # noqa: F401 (resolve_dtype re-exported)
 
 SlopeSetting = Union[None, float, str]
+
+
+def _checked_row_kinds(row_kinds, batch: int) -> Optional[List[int]]:
+    """``row_kinds`` as a list of ``batch`` ints in {0, 1} (or None), or a clear error."""
+    if row_kinds is None:
+        return None
+    kinds = [int(k) for k in torch.as_tensor(row_kinds).reshape(-1).tolist()]
+    if len(kinds) != batch or any(k not in (0, 1) for k in kinds):
+        raise ValueError(f"row_kinds must give one guidance branch per batch row ({batch} values, "
+                         f"0 = cond, 1 = uncond), got {kinds}")
+    return kinds
 
 
 class CVDModel(ParameterPlacement, nn.Module):
@@ -128,7 +139,8 @@ class CVDModel(ParameterPlacement, nn.Module):
 
     @torch.no_grad()
     def predict_noise(self, latents: torch.Tensor, timestep, text: torch.Tensor, plucker: torch.Tensor,
-                      F_mats: Optional[torch.Tensor] = None, partner: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      F_mats: Optional[torch.Tensor] = None, partner: Optional[torch.Tensor] = None,
+                      row_kinds: Optional[Sequence[int]] = None) -> torch.Tensor:
         """Raw noise prediction [B, 4, F, h, w] (before CFG) for one denoiser call.
 
         latents [B,4,F,h,w]; timestep scalar or [B]; text [B,77,D]; plucker [B,6,F,8h,8w];
@@ -138,6 +150,10 @@ class CVDModel(ParameterPlacement, nn.Module):
 
         ``F_mats=None`` and ``partner=None`` (a single view, the sampler's N = 1 protocol): the
         CVSMs are skipped, which is plain CameraCtrl (SD1.5 + AnimateDiff + pose adaptor).
+
+        ``row_kinds`` [B] (optional): the guidance branch of each row, 0 = conditional, 1 =
+        unconditional (ComfyUI's ``cond_or_uncond`` numbering). The network itself ignores it; a
+        feature cache with ``apply_to`` cond/uncond needs it to pick its rows.
         """
         device, dtype = self.device, self.dtype
         if partner is not None:
@@ -145,6 +161,7 @@ class CVDModel(ParameterPlacement, nn.Module):
         self._check_inputs(latents, text, plucker, F_mats, partner)
         self._draw_slope()  # validates the setting before any compute
         batch, _, frames = latents.shape[:3]
+        row_kinds = _checked_row_kinds(row_kinds, batch)
         image_hw = tuple(int(s) for s in plucker.shape[-2:])
 
         if partner is None:
@@ -162,7 +179,7 @@ class CVDModel(ParameterPlacement, nn.Module):
         pose_features = self.pose_encoder(plucker.to(device=device, dtype=dtype))
         out = self.unet(latents.to(device=device, dtype=dtype), timestep, text.to(device=device, dtype=dtype),
                         pose_features, partner_rows, bias_for,
-                        self.attention_score_budget)
+                        self.attention_score_budget, row_kinds=row_kinds)
         return out.to(latents.dtype)
 
     def parameter_counts(self) -> Dict[str, int]:

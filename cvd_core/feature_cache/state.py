@@ -106,7 +106,7 @@ class FeatureCacheState:
         if text_h is not None:
             mixed = torch.cat([text_h, mixed], dim=self.layout.token_dim)
         if self._rows is not None:
-            mixed = torch.where(self._row_mask(h), mixed, h)
+            mixed = _select_rows_like(self._row_mask(h), mixed, h)
         self.blended_blocks.append(block_index)
         return mixed
 
@@ -164,6 +164,19 @@ class FeatureCacheState:
             mask = torch.tensor(rows, dtype=torch.bool, device=h.device)
             self._row_masks[h.device] = mask
         return mask.view((len(rows),) + (1,) * (h.dim() - 1))
+
+
+def _select_rows_like(mask: torch.Tensor, mixed: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``where(mask, mixed, h)`` laid out in memory like ``h``.
+
+    The layout matters: the next layers pick their kernels (and so their rounding) from the
+    strides of their input, and the untouched rows must come out bit-identical to a run without
+    the cache. ``out=`` is not differentiable, so with autograd on (training with the cache) the
+    plain ``where`` is used.
+    """
+    if torch.is_grad_enabled() and (mixed.requires_grad or h.requires_grad):
+        return torch.where(mask, mixed, h)
+    return torch.where(mask, mixed, h, out=torch.empty_like(h))
 
 
 def _match_token_rms(mixed: torch.Tensor, reference: torch.Tensor, channel_dim: int) -> torch.Tensor:

@@ -16,6 +16,10 @@ Denoiser protocol
 b's view to its epipolar line in row ``partner[b]``'s view), ``partner [B]`` int64; returns the raw
 (pre-CFG) noise prediction ``[B,C,F,h,w]``.
 
+If ``predict_noise`` also takes a ``row_kinds`` keyword, the sampler passes the guidance branch of
+every row (0 = conditional, including regional entity rows; 1 = unconditional), which a feature
+cache restricted to one branch needs; denoisers without it are called as above.
+
 For a single view (N = 1) there is no partner: the sampler passes ``F_mats=None`` and
 ``partner=None``, which tells the denoiser to skip the CVSMs (plain CameraCtrl video). If the
 denoiser has ``dtype``/``device`` attributes, inputs are moved there; the sampler itself keeps the
@@ -36,6 +40,7 @@ conditional rows per iteration (E = entities whose mask is not empty; empty ones
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -177,6 +182,19 @@ def _blend_regional(cond: torch.Tensor, regional_eps: Sequence[torch.Tensor],
     return out
 
 
+ROW_COND, ROW_UNCOND = 0, 1  # row kinds as ComfyUI numbers them (cond_or_uncond)
+
+
+def _accepts_keyword(function, name: str) -> bool:
+    """Whether ``function`` can be called with the keyword ``name`` (False if it cannot be inspected)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or p.kind == p.VAR_KEYWORD
+               for p in parameters)
+
+
 class _Runner:
     """Holds the per-run inputs and runs the denoiser calls of one iteration.
 
@@ -187,6 +205,7 @@ class _Runner:
                  use_cfg, max_batch, progress, regional=()):
         self.denoiser = denoiser
         self.predict = getattr(denoiser, "predict_noise", denoiser)
+        self.pass_row_kinds = _accepts_keyword(self.predict, "row_kinds")
         self.model_device = torch.device(getattr(denoiser, "device", latents.device))
         model_dtype = getattr(denoiser, "dtype", None)
         self.model_dtype = model_dtype if isinstance(model_dtype, torch.dtype) else torch.float32
@@ -213,7 +232,9 @@ class _Runner:
                                   for r, p in zip(plan.rows, plan.partner)]).to(dev, dt)
             partner = torch.tensor(plan.partner, dtype=torch.long, device=dev)
         timestep = torch.tensor(t, dtype=torch.long, device=dev)
-        out = self.predict(x, timestep, text, pl, f_mats, partner)
+        extra = {"row_kinds": [ROW_UNCOND if r.branch == 0 else ROW_COND for r in plan.rows]} \
+            if self.pass_row_kinds else {}
+        out = self.predict(x, timestep, text, pl, f_mats, partner, **extra)
         if tuple(out.shape) != tuple(x.shape):
             raise ValueError(f"denoiser returned shape {list(out.shape)} for input {list(x.shape)}")
         return out.to(latents.device, torch.float32)

@@ -159,6 +159,22 @@ def test_inactive_rows_are_untouched_and_rows_never_mix():
     assert not torch.allclose(out[1], plain_loop(blocks, h[1:])[0])
 
 
+def test_row_selection_keeps_the_input_layout_and_stays_differentiable():
+    """Inactive rows must come back in h's memory layout (the next kernels round by layout)."""
+    cfg = FeatureCacheConfig(window=3, strength=0.4)
+    h = random_hidden((2, 3, 4, 5)).permute(0, 2, 1, 3)  # a non-contiguous view, like a rearranged UNet map
+    state = FeatureCacheState(cfg, layout=UNET_LAYOUT, active_rows=[True, False])
+    state.record_output(0, random_hidden((2, 4, 3, 5), seed=1))
+    out = state.blend_input(1, h)
+    assert out.stride() == h.stride()
+    assert torch.equal(out[1], h[1]) and not torch.equal(out[0], h[0])
+    leaf = h.detach().clone().requires_grad_(True)
+    trained = FeatureCacheState(cfg, layout=UNET_LAYOUT, active_rows=[True, False])
+    trained.record_output(0, random_hidden((2, 3, 4, 5), seed=1))
+    trained.blend_input(1, leaf).sum().backward()  # training with the cache: gradients flow
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+
+
 def test_rows_for_apply_to_follows_comfy_chunks():
     # ComfyUI: cond_or_uncond lists the kind of each equal chunk, 0 = cond, 1 = uncond.
     assert rows_for_apply_to("cond", [1, 0], 4) == [False, False, True, True]

@@ -282,3 +282,37 @@ def test_call_layout_follows_the_fixture_convention():
                 assert {c.rows[p].view, c.rows[n].view} == set(pairs[c.rows[n].pair])
             seen += [(r.pair, r.view, r.branch) for r in c.rows]
         assert sorted(seen) == sorted((k, v, b) for k, pr in enumerate(pairs) for v in pr for b in (0, 1))
+
+
+class KindRecordingDenoiser(MixingDenoiser):
+    """Takes ``row_kinds`` and checks it against the text each row carries."""
+
+    def __init__(self, uncond_text):
+        super().__init__()
+        self.uncond_text = uncond_text
+        self.kinds = []
+
+    def predict_noise(self, latents, timestep, text, plucker, F_mats, partner, row_kinds=None):
+        assert row_kinds is not None and len(row_kinds) == latents.shape[0]
+        is_uncond = [bool(torch.equal(row, self.uncond_text)) for row in text]
+        assert row_kinds == [1 if u else 0 for u in is_uncond]  # 1 = uncond, 0 = cond (entity rows too)
+        if partner is not None:  # partners keep the branch
+            assert all(row_kinds[int(p)] == k for k, p in zip(row_kinds, partner))
+        self.kinds += row_kinds
+        return super().predict_noise(latents, timestep, text, plucker, F_mats, partner)
+
+
+@pytest.mark.parametrize("n_views,max_batch,gs", [(4, 3, 8.5), (1, 1, 8.5), (3, 100, 1.0)])
+def test_row_kinds_are_passed_to_denoisers_that_take_them(n_views, max_batch, gs):
+    x, cond, uncond, plucker = _inputs(n_views)
+    den = KindRecordingDenoiser(uncond[0])
+    entity = (torch.randn(1, 77, D), torch.ones(n_views, 1, FR, H, W))
+    out = sample_multiview(den, x, cond, uncond, plucker, _fundamental if n_views > 1 else None,
+                           DDIMScheduler(num_inference_steps=2), max_batch=max_batch, guidance_scale=gs,
+                           regional=[entity])
+    plain = sample_multiview(MixingDenoiser(), x, cond, uncond, plucker, _fundamental if n_views > 1 else None,
+                             DDIMScheduler(num_inference_steps=2), max_batch=max_batch, guidance_scale=gs,
+                             regional=[entity])
+    assert torch.equal(out, plain)  # the extra keyword changes nothing else
+    rows_per_step = len(den.kinds) // 2
+    assert den.kinds.count(1) == (rows_per_step // 3 * 2 if gs > 1 else 0)  # uncond, cond, entity rows alike

@@ -116,6 +116,10 @@ def test_cvd_sampler_with_the_enhancer(comfy_server):
     assert torch.equal(_cvd_latent(comfy_server, "zero", strength=0.0, end_percent=1.0), plain)
     strong = _cvd_latent(comfy_server, "strong", strength=0.3, end_percent=1.0)
     assert torch.isfinite(strong).all() and (strong - plain).abs().max() > 1e-4
+    # one guidance branch: the sampler tells the backbone which rows are cond
+    cond_only = _cvd_latent(comfy_server, "cond", strength=0.3, end_percent=1.0, apply_to="cond")
+    assert torch.isfinite(cond_only).all()
+    assert (cond_only - plain).abs().max() > 1e-4 and (cond_only - strong).abs().max() > 1e-4
 
 
 def _same_pixels(a: bytes, b: bytes) -> bool:

@@ -75,8 +75,9 @@ def test_validators_name_the_rule():
     assert "start_percent" in v1.VALIDATE_INPUTS(block_start=7, block_end=19, start_percent=0.7, end_percent=0.6)
     assert v1.VALIDATE_INPUTS(block_start=7, block_end=None, start_percent=0.0, end_percent=0.6) is True  # linked
     cvd = build_v1(ENHANCER_CVD)
-    assert "use apply_to = both" in cvd.VALIDATE_INPUTS(block_start=7, block_end=19, start_percent=0.0,
-                                                        end_percent=0.6, apply_to="cond")
+    assert cvd.VALIDATE_INPUTS(block_start=7, block_end=19, start_percent=0.0, end_percent=0.6) is True
+    assert "block_end must be -1" in cvd.VALIDATE_INPUTS(block_start=9, block_end=8, start_percent=0.0,
+                                                         end_percent=0.6)
 
 
 # ------------------------------------------------------------------------------ CVD_MODEL
@@ -113,6 +114,66 @@ def test_cvd_state_does_not_leak_between_calls(model, inputs):
 def test_cvd_timestep_range_excludes_steps(model, inputs, plain):
     late_only = _enhanced(model, strength=0.3, start_percent=0.5, end_percent=1.0)
     assert torch.equal(_predict(late_only, inputs, t=EARLY_T), plain)  # fraction 0.1 is outside 0.5..1
+
+
+@pytest.fixture(scope="module")
+def cfg_inputs():
+    """A guidance batch in the sampler's layout: rows (view 0 uncond, view 0 cond, view 1 uncond, view 1 cond),
+    partners keep the branch; row_kinds 1 = uncond, 0 = cond."""
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn(2, 4, FRAMES, LATENT, LATENT, generator=g).repeat_interleave(2, dim=0)
+    text = torch.randn(4, 77, 32, generator=g)
+    plucker = torch.randn(2, 6, FRAMES, 8 * LATENT, 8 * LATENT, generator=g).repeat_interleave(2, dim=0)
+    f_mats = (1e-3 * torch.randn(2, FRAMES, 3, 3, generator=g)).repeat_interleave(2, dim=0)
+    return latents, text, plucker, f_mats, torch.tensor([2, 3, 0, 1]), [1, 0, 1, 0]
+
+
+def _predict_cfg(model, cfg_inputs):
+    latents, text, plucker, f_mats, partner, kinds = cfg_inputs
+    return model.predict_noise(latents, EARLY_T, text, plucker, f_mats, partner, row_kinds=kinds)
+
+
+@pytest.mark.parametrize("apply_to,blended_rows", [("cond", [1, 3]), ("uncond", [0, 2]), ("both", [0, 1, 2, 3])])
+def test_cvd_apply_to_blends_only_its_guidance_branch(model, cfg_inputs, apply_to, blended_rows):
+    plain = _predict_cfg(model, cfg_inputs)
+    out = _predict_cfg(_enhanced(model, strength=0.3, apply_to=apply_to), cfg_inputs)
+    for row in range(4):
+        if row in blended_rows:
+            assert (out[row] - plain[row]).abs().max() > 1e-4, f"row {row} should be blended"
+        else:
+            assert torch.equal(out[row], plain[row]), f"row {row} must stay bit-identical"
+
+
+def test_cvd_apply_to_one_branch_needs_the_row_kinds(model, inputs):
+    with pytest.raises(ValueError, match="needs to know which batch rows are conditional"):
+        _predict(_enhanced(model, strength=0.3, apply_to="cond"), inputs)
+    latents, text, plucker, f_mats, partner = inputs
+    with pytest.raises(ValueError, match="row_kinds must give one guidance branch per batch row \\(2 values"):
+        model.predict_noise(latents, EARLY_T, text, plucker, f_mats, partner, row_kinds=[0, 2])
+
+
+def _sample(model, guidance_scale):
+    from cvd_core.sampling import DDIMScheduler, sample_multiview
+
+    g = torch.Generator().manual_seed(2)
+    latents = torch.randn(2, 4, FRAMES, LATENT, LATENT, generator=g)
+    cond, uncond = torch.randn(2, 77, 32, generator=g), torch.randn(1, 77, 32, generator=g)
+    plucker = torch.randn(2, 6, FRAMES, 8 * LATENT, 8 * LATENT, generator=g)
+    f_mat = 1e-3 * torch.randn(FRAMES, 3, 3, generator=g)
+    return sample_multiview(model, latents, cond, uncond, plucker, {(0, 1): f_mat},
+                            DDIMScheduler(num_inference_steps=2), guidance_scale=guidance_scale, seed=0)
+
+
+def test_cvd_sampler_tells_the_cache_which_rows_are_uncond(model):
+    """Without guidance no uncond rows run, so an uncond-only cache changes nothing; a cond-only one does."""
+    plain = _sample(model, guidance_scale=1.0)
+    assert torch.equal(_sample(_enhanced(model, strength=0.3, end_percent=1.0, apply_to="uncond"), 1.0), plain)
+    cond_only = _sample(_enhanced(model, strength=0.3, end_percent=1.0, apply_to="cond"), 1.0)
+    assert (cond_only - plain).abs().max() > 1e-4
+    guided = _sample(model, guidance_scale=7.5)
+    for apply_to in ("cond", "uncond"):
+        assert (_sample(_enhanced(model, strength=0.3, end_percent=1.0, apply_to=apply_to), 7.5)
+                - guided).abs().max() > 1e-4
 
 
 def test_cvd_blends_the_same_blocks_as_the_comfyui_patches(model, inputs, monkeypatch):
@@ -158,8 +219,6 @@ def _comfyui_protocol_blends(cfg):
 
 
 def test_cvd_rejects_what_it_cannot_do(model):
-    with pytest.raises(NodeInputError, match="apply_to='cond' is not available on a CVD_MODEL"):
-        _enhanced(model, apply_to="cond")
     with pytest.raises(NodeInputError, match="block_start 30 is past the model's last block \\(24\\)"):
         _enhanced(model, block_start=30, block_end=-1)
     with pytest.raises(NodeInputError, match="expected a CVD_MODEL"):
