@@ -47,6 +47,8 @@ VARIANTS: Dict[str, Optional[dict]] = {
     "node defaults (0.1, blocks 7-19)": {},
     "strength 0.3, blocks 7-19": dict(strength=0.3),
     "strength 0.3, all blocks, sliding": dict(strength=0.3, block_start=0, block_end=-1, mode="sliding"),
+    "motion modules, node defaults": dict(target="motion_modules"),
+    "motion modules, strength 0.3": dict(strength=0.3, target="motion_modules"),
 }
 # layer outputs probed (ComfyUI numbering), all after the first blend of the default range (block 9):
 # down level 3 layer 0, mid, up level 1 layer 1, up level 2 layer 1
@@ -55,7 +57,16 @@ TIMESTEP = 500  # schedule fraction 0.5: inside the default 0..0.6 range
 
 
 def _config(overrides: Optional[dict]) -> Optional[FeatureCacheConfig]:
-    return None if overrides is None else FeatureCacheConfig(**{**NODE_DEFAULTS, **overrides})
+    if overrides is None:
+        return None
+    knobs = {key: value for key, value in overrides.items() if key != "target"}
+    return FeatureCacheConfig(**{**NODE_DEFAULTS, **knobs})
+
+
+def _patched(base, overrides: Optional[dict]):
+    if overrides is None:
+        return base
+    return module_with_feature_cache(base, _config(overrides), target=overrides.get("target", "layers"))
 
 
 def _inputs(views: int, frames: int, size: int, seed: int = 0):
@@ -149,8 +160,7 @@ def _cpu_peak_bytes(model, inputs) -> int:
 def run(args, files: Dict[str, str], device: torch.device) -> dict:
     dtype = resolve_dtype(args.dtype, device)
     base = load_cvd_model(**files, dtype=dtype, device=device)
-    models = {name: base if over is None else module_with_feature_cache(base, _config(over))
-              for name, over in VARIANTS.items()}
+    models = {name: _patched(base, over) for name, over in VARIANTS.items()}
     inputs = _inputs(args.views, args.frames, args.size)
     for model in models.values():  # warm-up (first-call allocations, kernels)
         _predict(model, inputs, device)

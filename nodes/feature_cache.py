@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-from cvd_core.cvd.network import module_with_feature_cache
+from cvd_core.cvd.network import CACHE_TARGETS, LAYER_OUTPUTS, module_with_feature_cache
 from cvd_core.feature_cache import APPLY_TO, TOKEN_SCOPES, WINDOW_MODES, FeatureCacheConfig, make_unet_patches
 
 from ._comfy import NodeInputError
@@ -132,24 +132,35 @@ def _run_model(model, **knobs):
 
 # ------------------------------------------------------------------------------ CVD_MODEL
 
-def _run_cvd(model, **knobs):
+CACHE_TARGET = Input(
+    "cache_target", "COMBO", "What the windows hold on the CVD backbone. layers = whole layer outputs (resnet + "
+    "attention + motion module + cross-view module) per resolution stage, the same rule as on a core MODEL. "
+    "motion_modules = only the motion-module (temporal attention) outputs of consecutive layers of one block, "
+    "blended into the next motion module's input: aims at frame-to-frame steadiness and leaves the spatial "
+    "path untouched, so it is gentler on detail.", default=LAYER_OUTPUTS, options=list(CACHE_TARGETS),
+    optional=True)
+"""CVD-only input, appended after the shared knobs (optional, so API prompts written before it still run)."""
+
+
+def _run_cvd(model, cache_target=LAYER_OUTPUTS, **knobs):
     unet = getattr(model, "unet", None)
     if not hasattr(unet, "cache_block_count"):
         raise NodeInputError(f"expected a CVD_MODEL from CVD Load Model, got {type(model).__name__}")
     cfg = _config(**knobs, block_count=unet.cache_block_count())
     try:
-        return Result((module_with_feature_cache(model, cfg),))
+        return Result((module_with_feature_cache(model, cfg, target=cache_target),))
     except (TypeError, ValueError) as exc:
         raise NodeInputError(f"could not attach the feature cache: {exc}") from None
 
 
-def _schema(node_id: str, display: str, model_type: str, model_tooltip: str, run, validate, extra: str):
+def _schema(node_id: str, display: str, model_type: str, model_tooltip: str, run, validate, extra: str,
+            more_inputs=()):
     return NodeSchema(
         node_id=node_id,
         display_name=display,
         category=CATEGORY,
         description=DESCRIPTION + extra,
-        inputs=_inputs(model_type, model_tooltip),
+        inputs=_inputs(model_type, model_tooltip) + list(more_inputs),
         outputs=[Output(model_type, "model", "The model with the feature cache (a patched copy).")],
         run=run,
         validate=validate,
@@ -166,7 +177,8 @@ ENHANCER_CVD = _schema(
     "The CVD backbone from CVD Load Model.", _run_cvd, _validate,
     " On the CVD backbone a layer is resnet + spatial attention + motion module + cross-view module, and the "
     "schedule fraction is read from the DDPM timestep (1000 steps). apply_to picks rows of the CVD sampler's "
-    "batches (regional entity rows count as cond).")
+    "batches (regional entity rows count as cond). cache_target = motion_modules caches only the temporal "
+    "features.", more_inputs=[CACHE_TARGET])
 
 SCHEMAS = [ENHANCER, ENHANCER_CVD]
 

@@ -15,6 +15,13 @@ means the same here and on a core ComfyUI ``MODEL``: before layer ``k`` its main
 (skip connections stay raw, the ``cat`` of an up layer comes after the blend); after it, its output is
 recorded, stage ``"down"`` for the encoder, ``"up"`` from the mid block on (an up block's upsampler
 belongs to its last layer). The cache state is built inside each ``forward`` and dropped with it.
+
+A second window target, ``feature_cache_target = "motion_modules"``, caches the *motion-module
+outputs* of consecutive layers instead and blends the next layer's motion-module input: the
+temporal features that RepVideo's adjacent-frame diagnostic measures, leaving the spatial path (and
+conv_in, downsamplers, the mid block) alone. It uses the same layer numbers (so block_start/end
+mean the same layers); windows hold the layers of one down or up block (2 or 3, stage key per
+block, since a down and an up block of equal resolution have equal shapes).
 """
 
 from __future__ import annotations
@@ -42,10 +49,12 @@ def _frames_2d(layer: Callable, x: torch.Tensor, *args, **kwargs) -> torch.Tenso
 
 DDPM_TRAIN_STEPS = 1000  # SD1.5 / AnimateDiff schedule: timesteps 0..999 (for the cache's step range)
 _DOWN, _UP = "down", "up"
+LAYER_OUTPUTS, MOTION_MODULE_OUTPUTS = "layers", "motion_modules"
+CACHE_TARGETS = (LAYER_OUTPUTS, MOTION_MODULE_OUTPUTS)
 
 
-def _blend(cache: Optional[FeatureCacheState], block: int, x: torch.Tensor) -> torch.Tensor:
-    return x if cache is None else cache.blend_input(block, x)
+def _blend(cache: Optional[FeatureCacheState], block: int, x: torch.Tensor, stage=None) -> torch.Tensor:
+    return x if cache is None else cache.blend_input(block, x, stage)
 
 
 def _record(cache: Optional[FeatureCacheState], block: int, x: torch.Tensor, stage: str) -> None:
@@ -53,8 +62,9 @@ def _record(cache: Optional[FeatureCacheState], block: int, x: torch.Tensor, sta
         cache.record_output(block, x, stage=stage)
 
 
-def module_with_feature_cache(owner: nn.Module, config: Optional[FeatureCacheConfig], attr: str = "unet") -> nn.Module:
-    """Shallow copy of ``owner`` whose child ``attr`` (a ``CVDUNet``) carries ``config``.
+def module_with_feature_cache(owner: nn.Module, config: Optional[FeatureCacheConfig], attr: str = "unet",
+                              target: str = LAYER_OUTPUTS) -> nn.Module:
+    """Shallow copy of ``owner`` whose child ``attr`` (a ``CVDUNet``) carries ``config`` (windows: ``target``).
 
     Parameters, buffers and every other attribute are shared with ``owner`` (no weight copy); only
     the two module objects on the path are new, so ``owner`` keeps its own setting.
@@ -63,7 +73,7 @@ def module_with_feature_cache(owner: nn.Module, config: Optional[FeatureCacheCon
     if not isinstance(child, CVDUNet):
         raise TypeError(f"{type(owner).__name__}.{attr} must be a CVDUNet, got {type(child).__name__}")
     clone = _shallow_module_copy(owner)
-    clone._modules[attr] = child.with_feature_cache(config)
+    clone._modules[attr] = child.with_feature_cache(config, target)
     return clone
 
 
@@ -81,6 +91,8 @@ class CVDUNet(nn.Module):
 
     feature_cache: Optional[FeatureCacheConfig] = None
     """RepVideo feature cache applied on every forward (None = off); see the module docstring."""
+    feature_cache_target: str = LAYER_OUTPUTS
+    """What the windows hold: ``"layers"`` (layer outputs per stage) or ``"motion_modules"``."""
 
     def __init__(self, unet_config: dict, motion_heads: int = 8, motion_pe_max_len: int = 32,
                  epi_heads: int = 8, with_cvsm: bool = True, with_pose_adaptor: bool = True):
@@ -107,14 +119,17 @@ class CVDUNet(nn.Module):
 
     # -- feature cache --------------------------------------------------------------------------
 
-    def with_feature_cache(self, config: Optional[FeatureCacheConfig]) -> "CVDUNet":
-        """A copy sharing every weight with this network, with ``feature_cache = config``."""
+    def with_feature_cache(self, config: Optional[FeatureCacheConfig], target: str = LAYER_OUTPUTS) -> "CVDUNet":
+        """A copy sharing every weight with this network, with ``feature_cache = config`` on ``target``."""
         if config is not None and not isinstance(config, FeatureCacheConfig):
             raise TypeError(f"feature_cache must be a FeatureCacheConfig or None, got {type(config).__name__}")
+        if target not in CACHE_TARGETS:
+            raise ValueError(f"feature cache target must be one of {CACHE_TARGETS}, got {target!r}")
         if config is not None:
             config.validate_for(self.cache_block_count())
         clone = _shallow_module_copy(self)
         clone.feature_cache = config
+        clone.feature_cache_target = target
         return clone
 
     def cache_block_count(self) -> int:
@@ -142,9 +157,12 @@ class CVDUNet(nn.Module):
 
     # -- the forward pass ---------------------------------------------------------------------
 
-    def _layer_tail(self, block, j, x, pose, partner_rows, bias_for, score_budget):
-        """motion module then CVSM of layer j of a block."""
+    def _layer_tail(self, block, j, x, pose, partner_rows, bias_for, score_budget, motion_cache=None,
+                    layer=0, stage=None):
+        """motion module then CVSM of layer j of a block (with the motion-module feature cache, if on)."""
+        x = _blend(motion_cache, layer, x, stage)
         x = block.motion_modules[j](x, pose)
+        _record(motion_cache, layer, x, stage)
         # partner_rows None: a call without cross-view partners (one view) skips the CVSMs.
         if self.with_cvsm and partner_rows is not None:
             h, w = x.shape[-2:]
@@ -168,7 +186,9 @@ class CVDUNet(nn.Module):
         text_frames = repeat(text, "b n c -> (b f) n c", f=frames)
         poses: List[Optional[torch.Tensor]] = list(pose_features) if pose_features is not None else [None] * 4
 
-        cache = self._feature_cache_state(timestep, batch, row_kinds)
+        state = self._feature_cache_state(timestep, batch, row_kinds)
+        on_motion = self.feature_cache_target == MOTION_MODULE_OUTPUTS
+        cache, motion_cache = (None, state) if on_motion else (state, None)
 
         x = _frames_2d(unet.conv_in, sample)
         skips = [x]
@@ -183,7 +203,8 @@ class CVDUNet(nn.Module):
                 if attentions is not None:
                     x = _frames_2d(lambda t: attentions[j](t, encoder_hidden_states=text_frames,
                                                            return_dict=False)[0], x)
-                x = self._layer_tail(block, j, x, poses[i], partner_rows, bias_for, score_budget)
+                x = self._layer_tail(block, j, x, poses[i], partner_rows, bias_for, score_budget,
+                                     motion_cache, layer, (_DOWN, i))
                 skips.append(x)
                 _record(cache, layer, x, _DOWN)
             if block.downsamplers is not None:
@@ -215,7 +236,8 @@ class CVDUNet(nn.Module):
                 if attentions is not None:
                     x = _frames_2d(lambda t: attentions[j](t, encoder_hidden_states=text_frames,
                                                            return_dict=False)[0], x)
-                x = self._layer_tail(block, j, x, poses[-(i + 1)], partner_rows, bias_for, score_budget)
+                x = self._layer_tail(block, j, x, poses[-(i + 1)], partner_rows, bias_for, score_budget,
+                                     motion_cache, layer, (_UP, i))
                 if j < last_layer:
                     _record(cache, layer, x, _UP)
             if block.upsamplers is not None:

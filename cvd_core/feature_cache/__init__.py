@@ -26,10 +26,11 @@ Two choices, both served by ``FeatureCacheState`` with a ``stage`` key per block
    layers: only the main path is blended) and ``state.record_output(k, x, stage="down")``
    after it (``"up"`` from the mid block on); the shape-based reset then keeps each window
    inside the stage input plus the layers of one resolution level.
-2. *Motion-module outputs of consecutive layers*: record the motion-module output of each
-   layer (stage key per down/up block) and blend the next layer's motion-module input; this
-   targets the temporal features RepVideo measures (adjacent-frame cosine) and leaves the
-   spatial path alone. It needs a hook inside the layer, so the backbone exposes it.
+2. *Motion-module outputs of consecutive layers* (``CVDUNet.feature_cache_target =
+   "motion_modules"``): record the motion-module output of each layer (stage key per down/up
+   block) and blend the next layer's motion-module input (``blend_input(k, x, stage=...)``, so
+   an up block never reads the encoder's window of the same shape); this targets the temporal
+   features RepVideo measures (adjacent-frame cosine) and leaves the spatial path alone.
 """
 
 from .config import (

@@ -85,14 +85,20 @@ class FeatureCacheState:
 
     # -- blending ----------------------------------------------------------------------------
 
-    def blend_input(self, block_index: int, h: torch.Tensor) -> torch.Tensor:
+    def blend_input(self, block_index: int, h: torch.Tensor, stage: Hashable = None) -> torch.Tensor:
         """Return the input of ``block_index`` blended with the current window's mean.
+
+        ``stage`` (optional): the stage key of the block about to run; a window recorded under
+        another key then counts as empty (a new stage whose first output is not recorded yet,
+        e.g. the first motion module of an up block after the encoder's of the same shape).
 
         Returns ``h`` itself (same object) when nothing applies: disabled state, strength 0,
         block outside the range, or (single strength) a window holding only ``h``.
         """
         if not self.enabled:
             return h
+        if stage is not None and self._stage is not None and self._stage[0] != stage:
+            self._cache = []  # that window is closed: outputs of this stage start a new one
         strength = self.cfg.strength_for(block_index)
         if strength == 0.0 or self._window_is_only(h):
             return h

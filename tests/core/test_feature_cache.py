@@ -175,6 +175,18 @@ def test_row_selection_keeps_the_input_layout_and_stays_differentiable():
     assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
 
 
+def test_blend_with_a_stage_key_ignores_another_stages_window():
+    cfg = FeatureCacheConfig(window=3, strength=0.5, preserve_norm=False)
+    state = FeatureCacheState(cfg, layout=SEQUENCE_LAYOUT)
+    previous = random_hidden((1, 4, 8), seed=1)
+    state.record_output(0, previous, stage="down")
+    h = random_hidden((1, 4, 8), seed=2)
+    assert state.blend_input(1, h, stage="up") is h  # same shape, other stage: nothing to blend with
+    state.record_output(1, h, stage="up")
+    later = random_hidden((1, 4, 8), seed=3)
+    torch.testing.assert_close(state.blend_input(2, later, stage="up"), 0.5 * h + 0.5 * later, rtol=0, atol=0)
+
+
 def test_rows_for_apply_to_follows_comfy_chunks():
     # ComfyUI: cond_or_uncond lists the kind of each equal chunk, 0 = cond, 1 = uncond.
     assert rows_for_apply_to("cond", [1, 0], 4) == [False, False, True, True]

@@ -120,6 +120,10 @@ def test_cvd_sampler_with_the_enhancer(comfy_server):
     cond_only = _cvd_latent(comfy_server, "cond", strength=0.3, end_percent=1.0, apply_to="cond")
     assert torch.isfinite(cond_only).all()
     assert (cond_only - plain).abs().max() > 1e-4 and (cond_only - strong).abs().max() > 1e-4
+    # windows of motion-module outputs instead of layer outputs
+    temporal = _cvd_latent(comfy_server, "motion", strength=0.3, end_percent=1.0, cache_target="motion_modules")
+    assert torch.isfinite(temporal).all()
+    assert (temporal - plain).abs().max() > 1e-4 and (temporal - strong).abs().max() > 1e-4
 
 
 def _same_pixels(a: bytes, b: bytes) -> bool:

@@ -48,8 +48,8 @@ def plain(model, inputs):
     return _predict(model, inputs)
 
 
-def _enhanced(model, **overrides):
-    patched, = ENHANCER_CVD.run(model=model, **knob_values(**overrides)).values
+def _enhanced(model, cache_target="layers", **overrides):
+    patched, = ENHANCER_CVD.run(model=model, cache_target=cache_target, **knob_values(**overrides)).values
     return patched
 
 
@@ -57,11 +57,11 @@ def _enhanced(model, **overrides):
 
 def test_both_nodes_share_the_public_widget_order():
     assert list(KNOBS) == PUBLIC_KNOBS
-    for schema, socket in ((ENHANCER, "MODEL"), (ENHANCER_CVD, "CVD_MODEL")):
-        assert [i.name for i in schema.inputs] == ["model"] + PUBLIC_KNOBS
+    for schema, socket, extra in ((ENHANCER, "MODEL", []), (ENHANCER_CVD, "CVD_MODEL", ["cache_target"])):
+        assert [i.name for i in schema.inputs] == ["model"] + PUBLIC_KNOBS + extra
         assert schema.inputs[0].type == socket and [o.type for o in schema.outputs] == [socket]
         assert schema.category == "CVD/enhance"
-        defaults = {i.name: i.default for i in schema.inputs[1:]}
+        defaults = {i.name: i.default for i in schema.inputs[1:len(PUBLIC_KNOBS) + 1]}
         assert defaults == dict(strength=0.1, window=6, window_mode="fixed", block_start=7, block_end=19,
                                 start_percent=0.0, end_percent=0.6, apply_to="both", token_scope="all",
                                 preserve_norm=True)
@@ -176,9 +176,7 @@ def test_cvd_sampler_tells_the_cache_which_rows_are_uncond(model):
                 - guided).abs().max() > 1e-4
 
 
-def test_cvd_blends_the_same_blocks_as_the_comfyui_patches(model, inputs, monkeypatch):
-    """Default range 7-19 on the SD1.5 layout: windows {7,8} {9,10,11} | {12,13,14} {15,16,17} {18,19}; a
-    block is blended when its window holds more than its own input."""
+def _blended_blocks(patched, inputs, monkeypatch):
     states = []
 
     class Recording(FeatureCacheState):
@@ -187,11 +185,54 @@ def test_cvd_blends_the_same_blocks_as_the_comfyui_patches(model, inputs, monkey
             states.append(self)
 
     monkeypatch.setattr(network, "FeatureCacheState", Recording)
-    _predict(_enhanced(model), inputs)
+    _predict(patched, inputs)
     assert len(states) == 1
+    return states[0].blended_blocks
+
+
+def test_cvd_blends_the_same_blocks_as_the_comfyui_patches(model, inputs, monkeypatch):
+    """Default range 7-19 on the SD1.5 layout: windows {7,8} {9,10,11} | {12,13,14} {15,16,17} {18,19}; a
+    block is blended when its window holds more than its own input."""
     expected = [9, 11, 12, 14, 15, 17, 18]
-    assert states[0].blended_blocks == expected
+    assert _blended_blocks(_enhanced(model), inputs, monkeypatch) == expected
     assert _comfyui_protocol_blends(FeatureCacheConfig(**_core_kwargs())) == expected
+
+
+def test_motion_module_windows_stay_inside_one_block(model, inputs, monkeypatch):
+    """Range 7-19: down block 2 = layers 7, 8; down 3 = 10, 11; up 0 = 13-15; up 1 = 16-18; up 2 starts at 19.
+    A layer's motion module is blended when an earlier layer of its block left an output."""
+    patched = _enhanced(model, cache_target="motion_modules")
+    assert _blended_blocks(patched, inputs, monkeypatch) == [8, 11, 14, 15, 17, 18]
+
+
+def test_motion_module_blend_is_the_official_formula(model, inputs):
+    """Layer 8's motion-module input = 0.3 x (layer 7's motion-module output) + 0.7 x (its own input)."""
+    patched = _enhanced(model, strength=0.3, preserve_norm=False, cache_target="motion_modules")
+    block = patched.unet.unet.down_blocks[2]
+    seen = {}
+
+    def keep(name, value):  # hooks must return None, or they replace the module's output
+        seen.setdefault(name, value[0] if isinstance(value, tuple) else value)
+
+    hooks = [block.motion_modules[0].register_forward_hook(lambda m, a, out: keep("out7", out)),
+             block.motion_modules[1].register_forward_pre_hook(lambda m, a: keep("in8", a)),
+             block.attentions[1].register_forward_hook(lambda m, a, out: keep("attn8", out))]
+    try:
+        _predict(patched, inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    own = seen["attn8"].reshape(2, FRAMES, *seen["attn8"].shape[1:]).transpose(1, 2)  # (b f) c h w -> b c f h w
+    torch.testing.assert_close(seen["in8"], 0.3 * seen["out7"] + 0.7 * own, rtol=0, atol=1e-6)
+
+
+def test_motion_module_target_differs_from_layer_target(model, inputs, plain):
+    layers = _predict(_enhanced(model, strength=0.3), inputs)
+    motion = _predict(_enhanced(model, strength=0.3, cache_target="motion_modules"), inputs)
+    assert (motion - plain).abs().max() > 1e-4 and (motion - layers).abs().max() > 1e-4
+    assert torch.equal(_predict(_enhanced(model, strength=0.0, cache_target="motion_modules"), inputs), plain)
+    with pytest.raises(NodeInputError, match="target must be one of"):
+        _enhanced(model, cache_target="attention")
 
 
 def _core_kwargs():
