@@ -6,10 +6,14 @@ Everything is imported lazily, so node modules (and their unit tests) import wit
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from cvd_core.progress import CallbackProgress, NullProgress, Progress
+from cvd_core.viz import frames_as_grid
+
+LOG = logging.getLogger("cvd_multiview")
 
 
 class NodeInputError(ValueError):
@@ -22,6 +26,18 @@ def comfy_available() -> bool:
     except Exception:
         return False
     return True
+
+
+class ComfyProgress(CallbackProgress):
+    """A progress that can also show a preview image (ComfyUI sends it with the bar's position)."""
+
+    def __init__(self, on_update, on_check, on_preview):
+        super().__init__(on_update, on_check)
+        self._on_preview = on_preview
+
+    def show_preview(self, preview) -> None:
+        """``preview``: what ComfyUI's previewers return, ``("JPEG", PIL image, max size)``."""
+        self._on_preview(self.done, self.total, preview)
 
 
 def progress_bar(node_id: Optional[str] = None) -> Progress:
@@ -39,15 +55,52 @@ def progress_bar(node_id: Optional[str] = None) -> Progress:
 
     state = {"bar": None}
 
-    def on_update(done: int, total: int) -> None:
+    def update(done: int, total: int, preview=None) -> None:
         if state["bar"] is None or state["bar"].total != max(total, 1):
             try:
                 state["bar"] = comfy.utils.ProgressBar(max(total, 1), node_id=node_id)
             except TypeError:  # 2024 ComfyUI: ProgressBar(total) only
                 state["bar"] = comfy.utils.ProgressBar(max(total, 1))
-        state["bar"].update_absolute(done, max(total, 1))
+        state["bar"].update_absolute(done, max(total, 1), preview)
 
-    return CallbackProgress(on_update, on_check=mm.throw_exception_if_processing_interrupted)
+    return ComfyProgress(update, mm.throw_exception_if_processing_interrupted, update)
+
+
+def sd15_latent_preview(progress: Progress) -> Optional[Callable]:
+    """A ``sample_multiview`` ``preview_callback`` that shows every frame of view 0, or None.
+
+    Uses ComfyUI's own previewer for SD1.5 latents (``--preview-method``: Latent2RGB, or TAESD
+    when ``models/vae_approx`` has it), so it follows the user's preview setting; None when
+    previews are off or outside ComfyUI. The denoised estimate of view 0 is laid out as a grid
+    of its frames. A failing preview is logged once and never stops sampling.
+    """
+    show = getattr(progress, "show_preview", None)
+    if show is None:
+        return None
+    try:
+        import comfy.latent_formats
+        import latent_preview
+        previewer = latent_preview.get_previewer(torch_device(), comfy.latent_formats.SD15())
+    except Exception as exc:
+        LOG.warning("cvd-multiview: sampling previews are off (%s)", exc)
+        return None
+    if previewer is None:
+        return None
+    failed = []
+
+    def callback(step: int, n_steps: int, x0_view0) -> None:
+        if failed:
+            return
+        try:
+            grid = frames_as_grid(x0_view0.float())[None].to(torch_device())
+            image = previewer.decode_latent_to_preview_image("JPEG", grid)
+        except Exception as exc:  # a preview is a nicety: sampling goes on without it
+            failed.append(exc)
+            LOG.warning("cvd-multiview: sampling preview failed, previews off for this run: %s", exc)
+            return
+        show(image)  # outside the try: a cancel raised by ComfyUI's progress hook must propagate
+
+    return callback
 
 
 def torch_device():

@@ -31,7 +31,7 @@ from cvd_core.mcm import MCMScheduler
 from cvd_core.sampling import DDIMScheduler, STRATEGIES, initial_noise, pair_schedule, sample_multiview
 from cvd_core.sampling.batching import estimate_max_batch, rows_per_iteration
 
-from ._comfy import NodeInputError, free_memory, free_memory_bytes, progress_bar
+from ._comfy import NodeInputError, free_memory, free_memory_bytes, progress_bar, sd15_latent_preview
 from ._schema import Input, NodeSchema, Output, Result
 from .camera import CAMERAS
 from .cvd_model import CVD_MODEL
@@ -252,10 +252,12 @@ def _run_sampler(cvd_model, cameras, positive, negative, seed, steps, cfg, sched
     if max_batch == 0:
         max_batch = _auto_max_batch(rig, strategy, seed, len(sched.timesteps), recurrence, use_cfg, cvd_model,
                                     len(regional or []))
+    progress = progress_bar(unique_id)
     try:
         samples = sample_multiview(cvd_model, start, cond, uncond, plucker, fundamentals if rig.n_views > 1 else None,
                                    sched, guidance_scale=float(cfg), strategy=strategy, recurrence=recurrence,
-                                   max_batch=max_batch, seed=seed, progress=progress_bar(unique_id), regional=regional)
+                                   max_batch=max_batch, seed=seed, progress=progress, regional=regional,
+                                   preview_callback=sd15_latent_preview(progress))
     except ValueError as exc:
         raise NodeInputError(str(exc)) from None
     out = {"samples": samples.cpu(), "views": rig.n_views, "cvd_frames": rig.n_frames,
@@ -283,7 +285,8 @@ SAMPLER = NodeSchema(
                  "Per-view prompts: give positive one conditioning per view (Conditioning Combine, in view order). "
                  "Regional prompts: connect a layout (CVD Project Layout) and entity_prompts (one per entity, in "
                  "the layout's entity order): each entity's prompt steers the prediction inside its mask in every "
-                 "view and frame; each entity adds one set of conditional denoiser rows per step."),
+                 "view and frame; each entity adds one set of conditional denoiser rows per step. With ComfyUI's "
+                 "previews on (--preview-method), each step shows view 0's denoised estimate, all frames as a grid."),
     inputs=[
         Input("cvd_model", CVD_MODEL, "The backbone from CVD Load Model (optionally with an MCM LoRA merged)."),
         Input("cameras", CAMERAS, "The camera rig: its views, frames (at most 32; CVD is trained on 16) and image "

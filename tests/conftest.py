@@ -48,7 +48,8 @@ def comfy_server(tmp_path_factory):
     from tests.support.model_installers import install_test_models
 
     workdir = tmp_path_factory.mktemp("comfyui")
-    server = ComfyServer(workdir)
+    # Previews on (Latent2RGB), as most users run ComfyUI, so the tests see what they see.
+    server = ComfyServer(workdir, extra_args=("--preview-method", "latent2rgb"))
     install_test_models(server.root)
     try:
         server.start()

@@ -38,12 +38,33 @@ def _videos(server, entry, node_id):
     return {item["label"]: _decode(server.view(item["filename"], item["subfolder"], item["type"])) for item in items}
 
 
+def _check_progress_and_previews(messages, binaries, steps, frames, latent_size):
+    """What the browser gets while the sampler (node 7) runs: a progress bar that ends full, and one preview
+    per step (the server runs with --preview-method latent2rgb): view 0's frames as a near-square grid."""
+    from PIL import Image
+
+    progress = [m["data"] for m in messages if m.get("type") == "progress" and m["data"].get("node") in ("7", None)]
+    assert progress and progress[-1]["value"] == progress[-1]["max"], progress[-3:]
+    previews = [payload for kind, payload in binaries if kind == 1]  # PREVIEW_IMAGE: 4-byte format + image
+    assert len(previews) >= steps, f"expected a preview per step, got {len(previews)}"
+    columns = int(np.ceil(np.sqrt(frames)))
+    rows = int(np.ceil(frames / columns))
+    image = Image.open(io.BytesIO(previews[-1][4:]))
+    # ComfyUI scales previews to fit its preview size (512): the grid's aspect ratio is what survives
+    assert abs(image.size[0] * rows - image.size[1] * columns) <= columns, image.size  # to a pixel of rounding
+    assert max(image.size) >= columns * latent_size
+
+
 def test_two_views_decode_back_with_pyav(comfy_server):
     prompt = _workflow("cvd_two_views")
     prompt["7"]["inputs"]["steps"] = 3  # the decode/save path; the full 25-step workflow runs in test_workflows_run
+    for poses in ("5", "6"):
+        prompt[poses]["inputs"]["frames"] = 6  # a 3 x 2 preview grid: not square, so the layout shows
     frames = prompt["5"]["inputs"]["frames"]
     size = prompt["5"]["inputs"]["width"]
-    videos = _videos(comfy_server, comfy_server.run(prompt, timeout=600), "11")
+    entry, messages, binaries = comfy_server.run_watching(prompt, timeout=600)
+    _check_progress_and_previews(messages, binaries, steps=3, frames=frames, latent_size=size // 8)
+    videos = _videos(comfy_server, entry, "11")
     assert sorted(videos) == ["dolly_forward", "grid", "orbit_right"], sorted(videos)  # labels: pose files
     for label in ("orbit_right", "dolly_forward"):
         assert videos[label].shape == (frames, size, size, 3)

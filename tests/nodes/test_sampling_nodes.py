@@ -4,6 +4,7 @@ Sizes are minimal (frames 2, 16x16 pixels, width-32 UNet) so that every denoiser
 """
 
 import json
+import math
 
 import pytest
 import torch
@@ -347,3 +348,87 @@ def test_regional_errors_name_the_rule(tiny_model):
         _sample(tiny_model, layout=layout, entity_prompts=_cond(11, width=768) + _cond(12, width=768))
     with pytest.raises(NodeInputError, match="layout must be a CVD_LAYOUT"):
         _sample(tiny_model, layout="not a layout", entity_prompts=_cond(11))
+
+
+# ------------------------------------------------------------------------------ sampling previews
+
+class _StubPreviewer:
+    def __init__(self, fail=False):
+        self.fail = fail
+        self.seen = []
+
+    def decode_latent_to_preview_image(self, preview_format, x0):
+        if self.fail:
+            raise RuntimeError("decoder broke")
+        self.seen.append(x0.clone())
+        return ("JPEG", f"image {len(self.seen)}", 512)
+
+
+def _stub_comfy_previews(monkeypatch, previewer):
+    """``comfy.latent_formats`` and ``latent_preview`` as ComfyUI has them, with ``previewer`` (None = off)."""
+    import sys
+    import types
+
+    formats = types.ModuleType("comfy.latent_formats")
+    formats.SD15 = lambda: "sd15 format"
+    comfy = types.ModuleType("comfy")
+    comfy.latent_formats = formats
+    preview = types.ModuleType("latent_preview")
+    preview.get_previewer = lambda device, latent_format: previewer if latent_format == "sd15 format" else None
+    for name, module in (("comfy", comfy), ("comfy.latent_formats", formats), ("latent_preview", preview)):
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+class _PreviewProgress:
+    def __init__(self):
+        from cvd_core.progress import CallbackProgress
+
+        self.inner = CallbackProgress(lambda done, total: None)
+        self.previews = []
+
+    def start(self, total):
+        self.inner.start(total)
+
+    def advance(self, n=1):
+        self.inner.advance(n)
+
+    def check(self):
+        pass
+
+    def show_preview(self, preview):
+        self.previews.append((self.inner.done, preview))
+
+
+def test_sampler_sends_a_frame_grid_of_view_0_every_step(tiny_model, monkeypatch):
+    import nodes.sampling as sampling
+
+    previewer, progress = _StubPreviewer(), _PreviewProgress()
+    _stub_comfy_previews(monkeypatch, previewer)
+    monkeypatch.setattr(sampling, "progress_bar", lambda unique_id=None: progress)
+    latent = _sample(tiny_model, views=2, steps=3, cfg=1.0)
+    assert [image for _, (_, image, _) in progress.previews] == ["image 1", "image 2", "image 3"]
+    assert [done for done, _ in progress.previews] == [1, 2, 3]  # sent with the bar's position after each step
+    channels, frames, h, w = latent["samples"].shape[1:]
+    columns = math.ceil(math.sqrt(frames))
+    assert previewer.seen[-1].shape == (1, channels, math.ceil(frames / columns) * h, columns * w)
+
+
+def test_previews_off_or_failing_never_stop_sampling(tiny_model, monkeypatch, caplog):
+    import nodes.sampling as sampling
+    from nodes._comfy import sd15_latent_preview
+
+    _stub_comfy_previews(monkeypatch, None)  # --preview-method none
+    assert sd15_latent_preview(_PreviewProgress()) is None
+    from cvd_core.progress import NullProgress
+    assert sd15_latent_preview(NullProgress()) is None  # outside ComfyUI
+
+    broken, progress = _StubPreviewer(fail=True), _PreviewProgress()
+    _stub_comfy_previews(monkeypatch, broken)
+    monkeypatch.setattr(sampling, "progress_bar", lambda unique_id=None: progress)
+    with caplog.at_level("WARNING"):
+        plain = _sample(tiny_model, views=2, steps=2, cfg=1.0)
+    assert progress.previews == []
+    assert sum("sampling preview failed" in r.message for r in caplog.records) == 1  # logged once per run
+    monkeypatch.setattr(sampling, "progress_bar", lambda unique_id=None: _PreviewProgress())
+    _stub_comfy_previews(monkeypatch, _StubPreviewer())
+    assert torch.equal(_sample(tiny_model, views=2, steps=2, cfg=1.0)["samples"], plain["samples"])

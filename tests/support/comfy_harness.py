@@ -173,9 +173,10 @@ class ComfyServer:
     def object_info(self) -> Dict[str, Any]:
         return self.get_json("/object_info")
 
-    def queue(self, prompt: Dict[str, Any], workflow: Optional[Dict[str, Any]] = None) -> str:
+    def queue(self, prompt: Dict[str, Any], workflow: Optional[Dict[str, Any]] = None,
+              client_id: Optional[str] = None) -> str:
         """POST /prompt; returns the prompt id or raises ``ComfyError`` with the 400 payload."""
-        payload: Dict[str, Any] = {"prompt": prompt, "client_id": uuid.uuid4().hex}
+        payload: Dict[str, Any] = {"prompt": prompt, "client_id": client_id or uuid.uuid4().hex}
         if workflow is not None:
             payload["extra_data"] = {"extra_pnginfo": {"workflow": workflow}}
         status, data = self._request("POST", "/prompt", json.dumps(payload).encode(),
@@ -206,6 +207,44 @@ class ComfyServer:
 
     def run(self, prompt: Dict[str, Any], workflow=None, timeout: float = 300) -> Dict[str, Any]:
         return self.wait(self.queue(prompt, workflow), timeout=timeout)
+
+    def run_watching(self, prompt: Dict[str, Any], timeout: float = 300):
+        """Run ``prompt`` while listening on ``/ws`` as the browser does.
+
+        Returns ``(history entry, JSON messages, binary messages)``; a binary message is
+        ``(event type, payload bytes)`` (type 1 = a preview image: 4 bytes format, then JPEG/PNG).
+        Uses aiohttp, which ComfyUI itself requires.
+        """
+        import asyncio
+
+        return asyncio.run(self._run_watching(prompt, timeout))
+
+    async def _run_watching(self, prompt, timeout):
+        import aiohttp
+
+        client_id = uuid.uuid4().hex
+        texts, binaries = [], []
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{self.url.replace('http', 'ws', 1)}/ws?clientId={client_id}") as ws:
+                prompt_id = self.queue(prompt, client_id=client_id)
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    try:
+                        message = await ws.receive(timeout=max(deadline - time.monotonic(), 0.1))
+                    except asyncio.TimeoutError:
+                        break
+                    if message.type == aiohttp.WSMsgType.BINARY:
+                        binaries.append((int.from_bytes(message.data[:4], "big"), message.data[4:]))
+                    elif message.type == aiohttp.WSMsgType.TEXT:
+                        texts.append(json.loads(message.data))
+                        data = texts[-1].get("data", {})
+                        finished = texts[-1].get("type") in ("execution_success", "execution_error") or (
+                            texts[-1].get("type") == "executing" and data.get("node") is None)
+                        if finished and data.get("prompt_id") == prompt_id:
+                            break
+                    else:
+                        break  # closed or failed: the history below tells what happened
+        return self.wait(prompt_id, timeout=30), texts, binaries
 
     def view(self, filename: str, subfolder: str = "", type_: str = "output") -> bytes:
         query = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": type_})
