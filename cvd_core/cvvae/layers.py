@@ -118,6 +118,29 @@ class Conv3d(nn.Conv3d):
         return conv3d(x, self.weight, self.bias, self.stride, padding)
 
 
+class CausalConv3d(Conv3d):
+    """3-D conv whose output frame t only sees input frames <= t.
+
+    The first frame is repeated ``2*padding`` times in front; H and W are padded by ``padding``
+    with zeros (``spatial_padding = "zeros"``, CV-VAE z=4) or by repeating the edge
+    (``"replicate"``, the SD3 variant): the two official models differ only there.
+    """
+
+    spatial_padding = "zeros"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride=1, padding: int = 0):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding=0)
+        self.custom_padding = int(padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        p = self.custom_padding
+        if p and self.spatial_padding == "replicate":
+            x = F.pad(x, (p, p, p, p, 2 * p, 0), mode="replicate")
+        elif p:
+            x = replicate_front(F.pad(x, (p, p, p, p, 0, 0)), 2 * p)
+        return super().forward(x)
+
+
 def param_count(module: nn.Module) -> int:
     """Number of parameters (for reports and the benchmark)."""
     return sum(math.prod(p.shape) for p in module.parameters())

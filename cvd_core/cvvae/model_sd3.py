@@ -17,21 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import CVVAEBase
-from .layers import Conv2dWithExtraDim, Conv3d as _FastConv3d, batch_to_frames, depth_to_time, frames_to_batch, single_head_attention
+from .layers import CausalConv3d as _CausalConv3d, Conv2dWithExtraDim, Conv3d as _FastConv3d, batch_to_frames, depth_to_time, frames_to_batch, single_head_attention
 
 
-class CausalConv3d(_FastConv3d):
-    """3-D conv, replicate padding: ``padding`` on H and W, ``2*padding`` frames in front only."""
+class CausalConv3d(_CausalConv3d):
+    """Causal 3-D conv of the SD3 variant: replicate padding in H and W too."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride=1, padding: int = 0):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding=0)
-        self.custom_padding = int(padding)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        p = self.custom_padding
-        if p:
-            x = F.pad(x, (p, p, p, p, 2 * p, 0), mode="replicate")
-        return super().forward(x)
+    spatial_padding = "replicate"
 
 
 class Conv3d(_FastConv3d):

@@ -20,6 +20,7 @@ from torch import nn
 
 from .base import CVVAEBase
 from .layers import (
+    CausalConv3d,
     Conv2dWithExtraDim,
     Conv3d,
     batch_to_frames,
@@ -35,22 +36,6 @@ SUPPORTED_ATTN_TYPES = ("vanilla", "vanilla-xformers", "spatial-temporal-xformer
 
 def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-5, affine=True)
-
-
-class CausalConv3d(Conv3d):
-    """3-D conv that zero-pads H and W by ``padding`` and repeats the first frame ``2*padding``
-    times in front, so output frame t only sees input frames <= t."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride=1, padding: int = 0):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding=0)
-        self.custom_padding = int(padding)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        p = self.custom_padding
-        if p:
-            x = F.pad(x, (p, p, p, p, 0, 0))
-            x = replicate_front(x, 2 * p)
-        return super().forward(x)
 
 
 def _conv_class(causal: bool, use_3d_conv: bool):
