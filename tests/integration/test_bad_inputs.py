@@ -30,16 +30,6 @@ def _refused(server, prompt):
     return json.dumps(caught.value.payload)
 
 
-def _fails(server, prompt):
-    with pytest.raises(ComfyError) as caught:
-        server.run(prompt, timeout=120)
-    return str(caught.value)
-
-
-def _still_alive(server):
-    assert server.get_json("/system_stats")["system"]
-
-
 # (ComfyUI's own error type for V1 nodes, our validator's rule text for V3 nodes, which newer ComfyUI
 # does not check itself)
 @pytest.mark.parametrize("field,value,expected", [
@@ -55,32 +45,32 @@ def test_trajectory_widgets_are_validated(comfy_server, field, value, expected):
     answer = _refused(comfy_server, _preview_of("CVD_CameraTrajectory", inputs))
     assert any(e in answer for e in expected), answer[:2000]
     assert "node_errors" in answer
-    _still_alive(comfy_server)
+    assert comfy_server.answers()
 
 
 def test_custom_json_errors_name_the_problem(comfy_server):
     inputs = dict(TRAJECTORY, preset="custom_json", custom_json='{"views": [{"c2w": [[1, 2]]}]}')
-    message = _fails(comfy_server, _preview_of("CVD_CameraTrajectory", inputs))
+    message = comfy_server.failure_of(_preview_of("CVD_CameraTrajectory", inputs))
     assert "c2w" in message
-    _still_alive(comfy_server)
+    assert comfy_server.answers()
 
 
 def test_missing_pose_file_is_refused(comfy_server):
     answer = _refused(comfy_server, _preview_of("CVD_LoadCameraPoses", dict(POSES, pose_file="cvd_poses/nope.txt")))
     assert "not found" in answer and "nope.txt" in answer
-    _still_alive(comfy_server)
+    assert comfy_server.answers()
 
 
 def test_pose_file_path_cannot_escape_the_input_folder(comfy_server):
     answer = _refused(comfy_server, _preview_of("CVD_LoadCameraPoses", dict(POSES, pose_file="../../main.py")))
     assert "inside ComfyUI's input folder" in answer
-    _still_alive(comfy_server)
+    assert comfy_server.answers()
 
 
 def test_pose_file_with_too_few_rows(comfy_server):
-    message = _fails(comfy_server, _preview_of("CVD_LoadCameraPoses", dict(POSES, frames=100)))
+    message = comfy_server.failure_of(_preview_of("CVD_LoadCameraPoses", dict(POSES, frames=100)))
     assert "24 frames" in message and "100 requested" in message
-    _still_alive(comfy_server)
+    assert comfy_server.answers()
 
 
 @pytest.mark.parametrize("content,expected", [
@@ -93,9 +83,9 @@ def test_malformed_uploaded_pose_file(comfy_server, tmp_path, content, expected)
     path.write_text(content)
     uploaded = comfy_server.upload(path, subfolder="cvd_poses")
     name = f"{uploaded.get('subfolder', 'cvd_poses')}/{uploaded['name']}"
-    message = _fails(comfy_server, _preview_of("CVD_LoadCameraPoses", dict(POSES, pose_file=name, frames=1)))
+    message = comfy_server.failure_of(_preview_of("CVD_LoadCameraPoses", dict(POSES, pose_file=name, frames=1)))
     assert expected in message and "line 2" in message
-    _still_alive(comfy_server)
+    assert comfy_server.answers()
 
 
 def test_uploaded_pose_file_works(comfy_server, tmp_path):
@@ -112,7 +102,7 @@ def test_wrong_socket_type_is_refused(comfy_server):
               "2": {"class_type": "CVD_CameraPreview", "inputs": {"cameras": ["1", 0], "width": 512, "height": 256}}}
     answer = _refused(comfy_server, prompt)
     assert "return_type_mismatch" in answer, answer
-    _still_alive(comfy_server)
+    assert comfy_server.answers()
 
 
 def test_epipolar_preview_view_out_of_range(comfy_server):
@@ -120,6 +110,6 @@ def test_epipolar_preview_view_out_of_range(comfy_server):
     prompt = copy.deepcopy(prompt)
     epi = next(k for k, v in prompt.items() if v["class_type"] == "CVD_EpipolarPreview")
     prompt[epi]["inputs"]["view_b"] = 9
-    message = _fails(comfy_server, prompt)
+    message = comfy_server.failure_of(prompt)
     assert "view_b must be below the number of views (4)" in message
-    _still_alive(comfy_server)
+    assert comfy_server.answers()

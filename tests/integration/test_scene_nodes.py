@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from tests.support.comfy_harness import ComfyError, output_files
+from tests.support.comfy_harness import output_files
 
 pytestmark = pytest.mark.integration
 
@@ -43,16 +43,6 @@ def _graph(plan_inputs=None, lift_inputs=None, project_inputs=None, rig_frames=F
     return prompt
 
 
-def _fails(server, prompt):
-    with pytest.raises(ComfyError) as caught:
-        server.run(prompt, timeout=120)
-    return str(caught.value)
-
-
-def _still_alive(server):
-    assert server.get_json("/system_stats")["system"]
-
-
 def _text(entry, node_id):
     return "\n".join(entry["outputs"][node_id]["text"])
 
@@ -73,9 +63,9 @@ def test_llm_answer_lifted_with_a_core_depth_mask(comfy_server):
 
 
 def test_garbage_llm_answer_is_quoted(comfy_server):
-    message = _fails(comfy_server, _graph(plan_inputs={"llm_answer": "car: Scale: enormous, Start: over yonder"}))
+    message = comfy_server.failure_of(_graph(plan_inputs={"llm_answer": "car: Scale: enormous, Start: over yonder"}))
     assert "CVD_ScenePlan" in message and "llm_answer" in message and "over yonder" in message
-    _still_alive(comfy_server)
+    assert comfy_server.answers()
 
 
 def test_plan_json_errors_name_json_paths(comfy_server):
@@ -83,28 +73,28 @@ def test_plan_json_errors_name_json_paths(comfy_server):
         {"id": "car", "prompt": "a car", "trajectory_3d": [[0, 0, "far"]]},
         {"id": "car", "prompt": "another car", "trajectory_2d": {"image_size": [512, 512], "scale": -1,
                                                                  "start": [1, 2], "end": [3, 4]}}]}
-    message = _fails(comfy_server, _graph(plan_inputs={"plan_json": json.dumps(plan)}))
+    message = comfy_server.failure_of(_graph(plan_inputs={"plan_json": json.dumps(plan)}))
     for path in ("entities[0].trajectory_3d[0]", "entities[1].trajectory_2d.scale", "entities[1].id"):
         assert path in message, message
-    _still_alive(comfy_server)
+    assert comfy_server.answers()
 
 
 def test_frames_mismatch_between_plan_and_cameras(comfy_server):
-    message = _fails(comfy_server, _graph(rig_frames=FRAMES + 8))
+    message = comfy_server.failure_of(_graph(rig_frames=FRAMES + 8))
     assert f"the scene plan has {FRAMES} frames but the cameras have {FRAMES + 8}" in message
-    _still_alive(comfy_server)
+    assert comfy_server.answers()
 
 
 def test_entity_index_out_of_range(comfy_server):
-    message = _fails(comfy_server, _graph(project_inputs={"entity": 7}))
+    message = comfy_server.failure_of(_graph(project_inputs={"entity": 7}))
     assert "entity must be below the number of entities (2: 0=car, 1=tree), got 7" in message
-    _still_alive(comfy_server)
+    assert comfy_server.answers()
 
 
 def test_projecting_unlifted_answers_is_refused(comfy_server):
     prompt = _graph(plan_inputs={"llm_answer": ANSWER})
     prompt["4"]["inputs"]["scene"] = ["2", 0]  # skip the lift
-    message = _fails(comfy_server, prompt)
+    message = comfy_server.failure_of(prompt)
     assert "lift it to 3D first" in message
-    _still_alive(comfy_server)
+    assert comfy_server.answers()
     assert comfy_server.run(_graph(), timeout=300)["outputs"]["7"]["images"]  # and it still runs good graphs

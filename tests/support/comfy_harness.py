@@ -208,6 +208,18 @@ class ComfyServer:
     def run(self, prompt: Dict[str, Any], workflow=None, timeout: float = 300) -> Dict[str, Any]:
         return self.wait(self.queue(prompt, workflow), timeout=timeout)
 
+    def failure_of(self, prompt: Dict[str, Any], timeout: float = 120) -> str:
+        """Run ``prompt`` that must be refused or fail; return ComfyUI's error text (AssertionError if it ran)."""
+        try:
+            self.run(prompt, timeout=timeout)
+        except ComfyError as exc:
+            return str(exc)
+        raise AssertionError("the prompt ran to the end, but it should have been refused or failed")
+
+    def answers(self) -> bool:
+        """Whether the server still answers (after a bad prompt it must)."""
+        return bool(self.alive() and self.get_json("/system_stats").get("system"))
+
     def run_watching(self, prompt: Dict[str, Any], timeout: float = 300):
         """Run ``prompt`` while listening on ``/ws`` as the browser does.
 
