@@ -20,6 +20,32 @@ class NodeInputError(ValueError):
     """Bad input to a node; the message names the rule that was broken."""
 
 
+_PROMPT_HANDLERS: set = set()  # (id of the server, handler name) already registered
+
+
+def add_prompt_handler(name: str, handler: Callable[[object], None]) -> bool:
+    """Call ``handler(api_prompt)`` on every prompt the running server receives, before it validates
+    anything (``PromptServer.add_on_prompt_handler``, in ComfyUI since 2023); once per server and
+    ``name``, however often the pack is imported. Only inside a running ComfyUI (its ``server`` module
+    is imported before custom nodes load); False elsewhere."""
+    import sys
+
+    instance = getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
+    if instance is None or not hasattr(instance, "add_on_prompt_handler"):
+        return False
+    if (id(instance), name) in _PROMPT_HANDLERS:
+        return True
+
+    def on_prompt(json_data):
+        if isinstance(json_data, dict):
+            handler(json_data.get("prompt"))
+        return json_data
+
+    instance.add_on_prompt_handler(on_prompt)
+    _PROMPT_HANDLERS.add((id(instance), name))
+    return True
+
+
 def comfy_available() -> bool:
     try:
         import comfy.utils  # noqa: F401

@@ -115,8 +115,6 @@ def _file_entry(written: dict, label: str, subfolder: str, kind: str) -> dict:
 def _save_multiview(images, views, cameras, prefix: str, fps, format, quality, save_grid, kind: str,
                     metadata: Dict[str, str], unique_id) -> Result:
     """Write every view (+ grid + poster) under ComfyUI's counter convention; all or nothing."""
-    if format not in FORMATS:
-        raise NodeInputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     frames, labels, rig = _split_views(images, views, cameras)
     n_views, n_frames, height, width, _ = frames.shape
     root = _comfy.output_directory() if kind == "output" else _comfy.temp_directory()
@@ -147,15 +145,16 @@ def _save_multiview(images, views, cameras, prefix: str, fps, format, quality, s
     return Result((), ui={"images": [poster], "cvd_multiview": [summary]})
 
 
-def _check_prefix(filename_prefix):
-    if filename_prefix is None:  # a linked value: checked when the node runs
-        return True
-    text = str(filename_prefix)
+def _prefix_rule(filename_prefix):
+    text = filename_prefix.replace("\\", "/")
     if not text.strip():
-        return "filename_prefix must not be empty (e.g. cvd/multiview)"
-    if text.startswith(("/", "\\")) or ".." in text.replace("\\", "/").split("/"):
-        return f"filename_prefix must stay inside ComfyUI's output folder (no leading '/', no '..'), got {text!r}"
-    return True
+        return f"filename_prefix must not be empty (e.g. cvd/multiview), got {filename_prefix!r}"
+    if text.startswith("/") or ".." in text.split("/"):
+        return ("filename_prefix must stay inside ComfyUI's output folder (no leading '/', no '..'), "
+                f"got {filename_prefix!r}")
+    if any(ord(c) < 32 for c in text):
+        return f"filename_prefix must be a file name without control characters, got {filename_prefix!r}"
+    return None
 
 
 IMAGES_INPUT = Input("images", "IMAGE", "Frames of all views, view-major: views x frames images (all frames of "
@@ -174,9 +173,6 @@ CAMERAS_INPUT = Input("cameras", CAMERAS, "Optional camera rig of the views: giv
 
 def _run_save(images, views, filename_prefix, fps, format, quality, save_grid, cameras=None, prompt=None,
               extra_pnginfo=None, unique_id=None):
-    problem = _check_prefix(filename_prefix)
-    if problem is not True:
-        raise NodeInputError(problem)
     return _save_multiview(images, views, cameras, filename_prefix, fps, format, quality, save_grid, "output",
                            _metadata(prompt, extra_pnginfo), unique_id)
 
@@ -195,7 +191,7 @@ SAVE_MULTIVIEW_VIDEO = NodeSchema(
         VIEWS_INPUT,
         Input("filename_prefix", "STRING", "Output name inside ComfyUI's output folder; may contain subfolders. Files "
               "are <prefix>_<counter>_v<i>, <prefix>_<counter>_grid and <prefix>_<counter>_poster.png.",
-              default=DEFAULT_PREFIX),
+              default=DEFAULT_PREFIX, max_length=200),
         FPS_INPUT,
         Input("format", "COMBO", "mp4 = H.264 (plays everywhere), webm = VP9, png = a folder of lossless PNG frames "
               "per view.", default="mp4", options=list(FORMATS)),
@@ -209,7 +205,7 @@ SAVE_MULTIVIEW_VIDEO = NodeSchema(
     run=_run_save,
     is_output_node=True,
     hidden=("prompt", "extra_pnginfo", "unique_id"),
-    validate=_check_prefix,
+    rules=[_prefix_rule],
 )
 
 
@@ -270,8 +266,6 @@ def _rig_for_frames(cameras, images: torch.Tensor):
 
 
 def _run_consistency(images, cameras, detector, max_frames, ransac_thresh, unique_id=None):
-    if detector not in DETECTORS:
-        raise NodeInputError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
     rig, frames = _rig_for_frames(cameras, images)
     pairs = [(i, j) for i in range(rig.n_views) for j in range(i + 1, rig.n_views)]
     fundamentals = {pair: pair_fundamentals(rig, *pair).numpy() for pair in pairs}

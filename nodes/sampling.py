@@ -129,10 +129,6 @@ def regional_inputs(layout, entity_prompts, rig, width: int):
     """``[(text [1, L, D], mask [V, 1, F, h, w]), ...]`` for ``sample_multiview(regional=...)``, or None."""
     if layout is None and entity_prompts is None:
         return None
-    if layout is None or entity_prompts is None:
-        missing = "layout" if layout is None else "entity_prompts"
-        raise NodeInputError(f"regional prompts need both layout and entity_prompts: connect {missing} too "
-                             "(or disconnect both)")
     masks = _layout_masks(layout, rig)
     rows = _conditioning_rows(entity_prompts, "entity_prompts")
     ids = list(layout.entity_ids)
@@ -190,9 +186,6 @@ def camera_inputs(rig):
 def make_scheduler(scheduler: str, steps: int, denoise: float, sigmas=None):
     try:
         if sigmas is not None:
-            if scheduler != "mcm":
-                raise NodeInputError("sigmas (from CVD MCM Scheduler) drive the mcm scheduler: set scheduler to mcm, "
-                                     "or disconnect sigmas to use DDIM")
             values = [float(s) for s in torch.as_tensor(sigmas).flatten()]
             return MCMScheduler.from_sigmas(values)
         if scheduler == "mcm":
@@ -238,10 +231,6 @@ def _auto_max_batch(rig, strategy: str, seed: int, steps: int, recurrence: int, 
 def _run_sampler(cvd_model, cameras, positive, negative, seed, steps, cfg, scheduler, strategy, recurrence,
                  max_batch, denoise, latent=None, sigmas=None, layout=None, entity_prompts=None, unique_id=None):
     rig = _rig(cameras, cvd_model)
-    if strategy not in STRATEGIES:
-        raise NodeInputError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
-    if latent is None and denoise < 1.0:
-        raise NodeInputError(f"denoise {denoise} < 1 needs a latent to start from (connect 'latent'), or use 1.0")
     sched = make_scheduler(scheduler, steps, denoise, sigmas)
     use_cfg = float(cfg) != 1.0
     cond, uncond = text_embeddings(positive, negative, rig.n_views, model_text_width(cvd_model), use_cfg)
@@ -265,12 +254,32 @@ def _run_sampler(cvd_model, cameras, positive, negative, seed, steps, cfg, sched
     return Result((out,))
 
 
-def _validate(steps, scheduler, max_batch):
-    if scheduler == "mcm" and isinstance(steps, int) and steps > 8:
-        return f"MCM is distilled for 1 to 8 steps, got steps={steps} (use ddim for more)"
-    if isinstance(max_batch, int) and max_batch == 1:
-        return "max_batch must be 0 (auto) or at least 2 (one view pair shares a call)"
-    return True
+def _mcm_steps_rule(steps, scheduler):
+    if scheduler == "mcm" and steps > 8:
+        return f"steps must be at most 8 with scheduler mcm (MCM is distilled for 1 to 8 steps; use ddim for more), " \
+               f"got {steps}"
+    return None
+
+
+def _denoise_rule(denoise, latent):
+    if latent is None and denoise < 1.0:
+        return f"denoise must be 1 without a latent to start from (connect 'latent' for video-to-video), got {denoise}"
+    return None
+
+
+def _sigmas_rule(scheduler, sigmas):
+    if sigmas is not None and scheduler != "mcm":
+        return (f"scheduler must be mcm when sigmas (from CVD MCM Scheduler) are connected (or disconnect sigmas "
+                f"to use DDIM), got {scheduler!r}")
+    return None
+
+
+def _regional_rule(layout, entity_prompts):
+    if (layout is None) != (entity_prompts is None):
+        missing = "layout" if layout is None else "entity_prompts"
+        return (f"{missing} must be connected too: regional prompts need both layout and entity_prompts "
+                "(or disconnect both)")
+    return None
 
 
 SAMPLER = NodeSchema(
@@ -326,7 +335,7 @@ SAMPLER = NodeSchema(
                     "frame per video frame.")],
     run=_run_sampler,
     hidden=("unique_id",),
-    validate=_validate,
+    rules=[_mcm_steps_rule, _denoise_rule, _sigmas_rule, _regional_rule],
 )
 
 SCHEMAS = [SAMPLER]

@@ -28,7 +28,7 @@ from cvd_core.scene import (ScenePlanError, c3v_prompt_templates, decompose_prom
                             render_layout_preview, validate_plan)
 
 from ._comfy import NodeInputError, save_preview_images
-from ._schema import Input, NodeSchema, Output, Result
+from ._schema import Input, NodeSchema, Output, Result, json_problem
 
 CATEGORY = "CVD/scene"
 SCENE = "CVD_SCENE"
@@ -78,9 +78,6 @@ def _base_plan(prompt: str, frames: int, plan_json: str, aspect: float, notes: L
         notes.extend(warnings)
         notes.append(f"plan from plan_json ({len(plan['entities'])} entities; the prompt widget is not used)")
         return plan
-    if not prompt.strip():
-        raise NodeInputError("prompt must not be empty: describe the scene (\"a red car drives past a tree in a "
-                             "park\"), or give a whole plan in plan_json")
     try:
         plan = decompose_prompt(prompt, frames=frames, aspect=aspect)
     except ValueError as exc:
@@ -114,6 +111,13 @@ def _run_scene_plan(prompt, frames, image_width, image_height, path_points, plan
                      f"{image_size[0]}x{image_size[1]} reference image (lift them with CVD Lift Trajectory 3D)")
         notes.extend(answer_notes)
     return Result((plan, director, plan_to_json(plan)), ui=_text_ui(notes))
+
+
+def _prompt_rule(prompt, plan_json):
+    if not (plan_json or "").strip() and not prompt.strip():
+        return ("prompt must describe the scene (\"a red car drives past a tree in a park\") unless plan_json holds "
+                "a whole plan, got ''")
+    return json_problem("plan_json", plan_json)
 
 
 SCENE_PLAN = NodeSchema(
@@ -155,6 +159,7 @@ SCENE_PLAN = NodeSchema(
         Output("STRING", "plan_json", "The plan as JSON, to inspect, edit and feed back through plan_json."),
     ],
     run=_run_scene_plan,
+    rules=[_prompt_rule],
 )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from cvd_core.cvvae import TilingConfig, decode_video, encode_video, load_cvvae
+from cvd_core.cvvae.tiling import MIN_TILE_PX
 
 from ._comfy import (NodeInputError, list_model_entries, progress_bar, register_model_folder,
                      resolve_model_entry, torch_device)
@@ -76,12 +77,20 @@ TILING_INPUTS = [
           "video at once (most memory); manual: use the three knobs below; official: the reference code's "
           "16-frame chunks and 576 px tiles.", default="auto", options=TILING_MODES),
     Input("tile_size", "INT", "Spatial tile edge in pixels (manual; an upper bound in auto). 0 = whole frame. "
-          "Smaller tiles use less memory; seams are blended over the overlap.", default=0, min=0, max=4096, step=8),
+          "Smaller tiles use less memory; seams are blended over the overlap.", default=0, min=0, max=4096, step=8,
+          multiple_of=8),
     Input("tile_overlap", "FLOAT", "Fraction of a tile shared with its neighbour (blended). More overlap = fewer "
           "visible seams, more compute.", default=0.25, min=0.0, max=0.5, step=0.05),
     Input("temporal_chunk", "INT", "Pixel frames per temporal window (multiple of 4; manual, auto uses 16). 0 = "
-          "whole video. Smaller chunks bound memory for long videos.", default=0, min=0, max=1024, step=4),
+          "whole video. Smaller chunks bound memory for long videos.", default=0, min=0, max=1024, step=4,
+          multiple_of=4),
 ]
+
+
+def _tile_size_rule(tile_size):
+    if 0 < tile_size < MIN_TILE_PX:
+        return f"tile_size must be 0 (whole frame) or at least {MIN_TILE_PX} pixels, got {tile_size}"
+    return None
 
 
 def _tiling(tiling, tile_size, tile_overlap, temporal_chunk) -> TilingConfig:
@@ -142,6 +151,7 @@ ENCODE = NodeSchema(
     outputs=[Output("LATENT", "latent", "Video latent [views, C, T', h, w], scaled by the VAE's scaling factor.")],
     run=_run_encode,
     hidden=("unique_id",),
+    rules=[_tile_size_rule],
 )
 
 
@@ -188,6 +198,7 @@ DECODE = NodeSchema(
     outputs=[Output("IMAGE", "images", "Decoded frames, view-major.")],
     run=_run_decode,
     hidden=("unique_id",),
+    rules=[_tile_size_rule],
 )
 
 

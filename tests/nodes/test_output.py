@@ -17,7 +17,7 @@ from cvd_core.camera import CameraSet
 from cvd_core.io import read_video_metadata
 from nodes import _comfy, output
 from nodes._comfy import NodeInputError
-from nodes._schema import WIDGET_TYPES, build_v1
+from nodes._schema import WIDGET_TYPES, build_v1, run_checked
 
 VIEWS, FRAMES, SIZE = 2, 3, 32
 
@@ -80,7 +80,7 @@ def _save(**overrides):
                 save_grid=True, prompt={"1": {"class_type": "X", "inputs": {}}},
                 extra_pnginfo={"workflow": {"nodes": [], "links": []}}, unique_id="7")
     args.update(overrides)
-    return output._run_save(**args)
+    return run_checked(output.SAVE_MULTIVIEW_VIDEO, args)  # the node's own run path: checks, then run
 
 
 def _all_files(folder):
@@ -211,7 +211,7 @@ def synthetic():
 def _consistency(images, cameras, **overrides):
     args = dict(detector="sift", max_frames=0, ransac_thresh=1.0)
     args.update(overrides)
-    return output._run_consistency(images=images, cameras=cameras, **args)
+    return run_checked(output.MULTIVIEW_CONSISTENCY, dict(images=images, cameras=cameras, **args))
 
 
 @pytest.fixture
@@ -251,7 +251,7 @@ def test_consistency_argument_rules(synthetic, no_preview_files):
         _consistency(images[:6], rig)
     with pytest.raises(NodeInputError, match="at least 2 views"):
         _consistency(images[:3], CameraSet(K[0], c2w[0], 64, 64))
-    with pytest.raises(NodeInputError, match="detector must be one of sift, orb"):
+    with pytest.raises(NodeInputError, match="detector must be one of 'sift', 'orb', got"):
         _consistency(images, rig, detector="akaze")
     odd = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2), size=(60, 60)).permute(0, 2, 3, 1)
     with pytest.raises(NodeInputError, match="cannot be rescaled"):

@@ -14,6 +14,7 @@ from cvd_core.camera import make_preset_rig
 from cvd_core.cvd import load_cvd_model, write_tiny_cvd_files
 from cvd_core.mcm import mcm_timesteps
 from nodes._comfy import NodeInputError
+from nodes._schema import run_checked
 from nodes.mcm import LORA_CVD, SCHEDULER, core_model_patches, merged_copy, schedule_sigmas
 from nodes.sampling import SAMPLER
 from nodes.vae import DECODE, TO_IMAGE_LATENTS
@@ -42,7 +43,7 @@ def _sample(model, views=2, **overrides):
     kwargs = dict(cvd_model=model, cameras=_rig(views), positive=_cond(1), negative=_cond(2), seed=7, steps=1,
                   cfg=8.5, scheduler="ddim", strategy="random", recurrence=1, max_batch=0, denoise=1.0)
     kwargs.update(overrides)
-    latent, = SAMPLER.run(**kwargs).values
+    latent, = run_checked(SAMPLER, kwargs).values  # the node's run path: input checks, then run
     return latent
 
 
@@ -132,7 +133,7 @@ def test_size_must_be_a_multiple_of_8():
 
 
 def test_denoise_below_one_needs_a_latent_and_uses_it(tiny_model):
-    with pytest.raises(NodeInputError, match="needs a latent"):
+    with pytest.raises(NodeInputError, match="denoise must be 1 without a latent to start from"):
         _sample(tiny_model, denoise=0.5)
     start = _sample(tiny_model, views=2, cfg=1.0)
     a = _sample(tiny_model, views=2, cfg=1.0, steps=2, latent=start, denoise=0.5)["samples"]
@@ -148,7 +149,7 @@ def test_mcm_with_sigmas_matches_mcm_with_steps(tiny_model):
     from_sigmas = _sample(tiny_model, scheduler="mcm", cfg=1.0, sigmas=sigmas)["samples"]
     from_steps = _sample(tiny_model, scheduler="mcm", cfg=1.0, steps=2)["samples"]
     torch.testing.assert_close(from_sigmas, from_steps)
-    with pytest.raises(NodeInputError, match="set scheduler to mcm"):
+    with pytest.raises(NodeInputError, match="scheduler must be mcm when sigmas"):
         _sample(tiny_model, scheduler="ddim", sigmas=sigmas)
 
 
@@ -336,9 +337,9 @@ def test_regional_errors_name_the_rule(tiny_model):
     with pytest.raises(NodeInputError, match=r"entity_prompts holds 1 conditionings but the layout has 2 entities "
                                              r"\(car, tree\)"):
         _sample(tiny_model, layout=layout, entity_prompts=_cond(11))
-    with pytest.raises(NodeInputError, match="connect entity_prompts too"):
+    with pytest.raises(NodeInputError, match="entity_prompts must be connected too"):
         _sample(tiny_model, layout=layout)
-    with pytest.raises(NodeInputError, match="connect layout too"):
+    with pytest.raises(NodeInputError, match="layout must be connected too"):
         _sample(tiny_model, entity_prompts=_cond(11))
     with pytest.raises(NodeInputError, match=r"differ in views 2 vs 3"):
         _sample(tiny_model, views=3, layout=layout, entity_prompts=_cond(11) + _cond(12))

@@ -5,6 +5,7 @@ import torch
 
 from cvd_core.cvvae import load_cvvae, write_tiny_cvvae
 from nodes._comfy import NodeInputError
+from nodes._schema import run_checked
 from nodes.vae import DECODE, ENCODE, TO_IMAGE_LATENTS, TO_LATENT_FRAMES
 
 AUTO = dict(tiling="auto", tile_size=0, tile_overlap=0.25, temporal_chunk=0)
@@ -71,7 +72,7 @@ def test_encode_errors_name_the_rule(tiny, kwargs, message):
     args = dict(cvvae=tiny, images=_frames(views=1), pad_frames=False, **AUTO)
     args.update(kwargs)
     with pytest.raises(NodeInputError, match=message.replace("+", r"\+")):
-        ENCODE.run(**args)
+        run_checked(ENCODE, args)
 
 
 def test_decode_refuses_image_latents_and_wrong_channels(tiny):
