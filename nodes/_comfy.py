@@ -10,6 +10,7 @@ import logging
 import os
 from typing import Callable, List, Optional
 
+from cvd_core.guards import require_finite
 from cvd_core.progress import CallbackProgress, NullProgress, Progress
 from cvd_core.viz import frames_as_grid
 
@@ -210,6 +211,7 @@ def save_preview_images(images, prefix: str = "cvd_preview") -> list:
     array = np.asarray(images)
     if array.ndim == 3:
         array = array[None]
+    require_finite(array, "preview images", axes=("image",), hint="nothing was written")
     height, width = array.shape[1:3]
     folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(
         prefix, folder_paths.get_temp_directory(), width, height)

@@ -46,6 +46,8 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from cvd_core.guards import NonFiniteError
+
 from ._comfy import NodeInputError
 
 # Widget types ComfyUI renders as editable widgets; everything else is a socket (link) type.
@@ -414,7 +416,7 @@ def run_checked(schema: NodeSchema, kwargs: Dict[str, Any]) -> Result:
         raise NodeInputError(node_message(schema, problems))
     try:
         result = schema.run(**values, **hidden)
-    except NodeInputError as exc:  # our own errors: the message names the rule
+    except (NodeInputError, NonFiniteError) as exc:  # our own errors: the message names the rule
         raise NodeInputError(with_node_name(schema, str(exc))) from None
     if not isinstance(result, Result):
         raise TypeError(f"node run functions must return Result, got {type(result).__name__}")

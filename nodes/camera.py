@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from cvd_core.camera import CameraError, CameraSet, PRESETS, load_realestate10k, make_preset_rig, rig_from_json
+from cvd_core.guards import require_finite
 from cvd_core.viz import render_epipolar_preview, render_rig_preview
 
 from ._comfy import NodeInputError, input_files, resolve_input_file, save_preview_images
@@ -197,6 +198,7 @@ def _run_epipolar_preview(cameras, view_a, view_b, frame, grid, images=None):
         raise NodeInputError(f"frame must be below the number of frames ({rig.n_frames}), got {frame}")
     image_a = image_b = None
     if images is not None:
+        require_finite(images, "images", axes=("image",), hint="nothing was drawn")
         per_view = _split_views(images, rig.n_views, rig.n_frames)
         image_a = per_view[view_a, frame].cpu().numpy()
         image_b = per_view[view_b, frame].cpu().numpy()

@@ -20,7 +20,7 @@ from typing import Dict, List, Mapping, Tuple
 import torch
 
 from cvd_core.mcm import (BASE_BETA_SCHEDULES, MergeReport, animatediff_path_map, load_peft_adapter, lora_deltas,
-                          mcm_sigmas, mcm_timesteps, merge_lora_into_module)
+                          mcm_sigmas, mcm_timesteps, merge_lora_into_module, merged_weight)
 
 from ._comfy import NodeInputError, list_model_entries, model_folder_paths, register_model_folder, resolve_model_entry
 from ._schema import Input, NodeSchema, Output, Result
@@ -232,9 +232,11 @@ def _run_lora_model(model, lora_name, strength):
 
     deltas = read_adapter(lora_name)
     mapping = comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)
-    shapes = {k: v.shape for k, v in model.model.state_dict().items()}
-    patches, report = core_model_patches(deltas, mapping, shapes)
+    weights = model.model.state_dict()
+    patches, report = core_model_patches(deltas, mapping, {k: v.shape for k, v in weights.items()})
     _require_applied(report, lora_name, "MODEL")
+    for key, (delta,) in patches.items():  # ComfyUI merges when it loads the model: refuse non-finite sums now
+        merged_weight(weights[key], delta, strength, key)
     patched = model.clone()
     patched.add_patches(patches, strength)
     text = _report_text(report, "MODEL")

@@ -35,6 +35,7 @@ import torch
 
 from cvd_core.camera import CameraError, pair_fundamentals
 from cvd_core.io import FORMATS, frames_from_image_batch, make_grid_frames, write_multiview
+from cvd_core.guards import require_finite
 from cvd_core.io.atomic import StagedOutputs
 from cvd_core.metrics import DETECTORS, format_consistency_summary, multiview_consistency, render_consistency_plot
 
@@ -68,6 +69,7 @@ def _split_views(images: torch.Tensor, views: int, cameras=None):
         frames = frames_from_image_batch(images, count)
     except ValueError as exc:
         raise NodeInputError(f"{exc} (images are view-major: all frames of view 0, then view 1, ...)") from None
+    require_finite(frames, "images", axes=("view", "frame"), hint="nothing was written")
     labels = list(rig.labels) if rig is not None else [f"view {i}" for i in range(count)]
     return frames, labels, rig
 

@@ -27,6 +27,7 @@ from typing import List, Optional
 import torch
 
 from cvd_core.camera import CameraError, pair_fundamentals, plucker_embedding
+from cvd_core.guards import require_finite
 from cvd_core.mcm import MCMScheduler
 from cvd_core.sampling import DDIMScheduler, STRATEGIES, initial_noise, pair_schedule, sample_multiview
 from cvd_core.sampling.batching import estimate_max_batch, rows_per_iteration
@@ -56,6 +57,7 @@ def _conditioning_rows(conditioning, name: str) -> List[torch.Tensor]:
         if not isinstance(tensor, torch.Tensor) or tensor.dim() != 3:
             raise NodeInputError(f"{name}[{index}] must hold a [batch, tokens, width] text embedding, got "
                                  f"{getattr(tensor, 'shape', type(tensor).__name__)}")
+        require_finite(tensor, f"{name}[{index}]", hint="encode the prompt again")
         rows.extend(tensor.float().cpu().unbind(0))
     return rows
 
@@ -207,6 +209,7 @@ def _start_latent(latent, rig, seed: int, sched) -> torch.Tensor:
     if samples.dim() != 5 or tuple(samples.shape) != shape:
         raise NodeInputError(f"latent must be a 5-D video latent {list(shape)} [views, 4, frames, height/8, width/8] "
                              f"matching the cameras, got {list(samples.shape)}")
+    require_finite(samples, "latent", axes=("view", "channel", "frame"))
     if isinstance(latent, dict) and int(latent.get("cvd_temporal_compression", 1)) != 1:
         raise NodeInputError("latent has temporally compressed frames (CV-VAE); the CVD sampler needs one latent "
                              "frame per video frame (encode the frames with VAE Encode + Image Latents To Latent Frames)")

@@ -23,6 +23,7 @@ from typing import List
 import numpy as np
 import torch
 
+from cvd_core.guards import require_finite
 from cvd_core.scene import (ScenePlanError, c3v_prompt_templates, decompose_prompt, ground_plane_depth,
                             lift_trajectories, parse_llm_answer, plan_to_json, project_layout,
                             render_layout_preview, validate_plan)
@@ -327,6 +328,8 @@ PROJECT = NodeSchema(
 # ------------------------------------------------------------------------------ LayoutPreview
 
 def _run_preview(layout, mode, alpha, images=None):
+    if images is not None:
+        require_finite(images, "images", axes=("image",), hint="nothing was drawn")
     try:
         picture = render_layout_preview(layout, images=images, per_frame=(mode == "every_frame"), alpha=alpha)
     except ValueError as exc:

@@ -16,6 +16,7 @@ import torch
 
 from cvd_core.cvvae import TilingConfig, decode_video, encode_video, load_cvvae
 from cvd_core.cvvae.tiling import MIN_TILE_PX
+from cvd_core.guards import precision_hint, require_finite
 
 from ._comfy import (NodeInputError, list_model_entries, progress_bar, register_model_folder,
                      resolve_model_entry, torch_device)
@@ -119,6 +120,7 @@ def _video_to_frames(video: torch.Tensor) -> torch.Tensor:
 
 
 def _run_encode(cvvae, images, views, pad_frames, tiling, tile_size, tile_overlap, temporal_chunk, unique_id=None):
+    require_finite(images, "images", axes=("frame",))
     video = _frames_to_video(images, views)
     try:
         posterior = encode_video(cvvae, video, tiling=_tiling(tiling, tile_size, tile_overlap, temporal_chunk),
@@ -126,6 +128,7 @@ def _run_encode(cvvae, images, views, pad_frames, tiling, tile_size, tile_overla
     except ValueError as exc:
         raise NodeInputError(str(exc)) from None
     z = posterior.mode().float().cpu()
+    require_finite(z, "the encoded latent", axes=("view", "channel", "frame"), hint=precision_hint(cvvae.dtype))
     scaled = (z - cvvae.shift_factor) * cvvae.scaling_factor
     latent = {"samples": scaled, "views": views, "cvd_frames": int(video.shape[2]),
               "cvd_latent_scale": cvvae.scaling_factor, "cvd_latent_shift": cvvae.shift_factor}
@@ -174,6 +177,8 @@ def _run_decode(cvvae, latent, tiling, tile_size, tile_overlap, temporal_chunk, 
     if samples.shape[1] != cvvae.latent_channels:
         raise NodeInputError(f"latent has {samples.shape[1]} channels but this CV-VAE expects "
                              f"{cvvae.latent_channels} (z=4 for SD1.x/2.x, z=16 for SD3)")
+    require_finite(samples, "latent", axes=("view", "channel", "frame"),
+                   hint="nothing is decoded (the sampler or encoder upstream produced them)")
     scale, shift = _latent_scale(latent, cvvae)
     z = samples.float() / scale + shift
     try:
@@ -181,6 +186,7 @@ def _run_decode(cvvae, latent, tiling, tile_size, tile_overlap, temporal_chunk, 
                              num_frames=latent.get("cvd_frames"), progress=progress_bar(unique_id))
     except ValueError as exc:
         raise NodeInputError(str(exc)) from None
+    require_finite(video, "the decoded frames", axes=("view", "channel", "frame"), hint=precision_hint(cvvae.dtype))
     return Result((_video_to_frames(video),))
 
 
@@ -208,6 +214,7 @@ def _run_to_image_latents(latent):
     samples = latent["samples"]
     if samples.dim() != 5:
         raise NodeInputError(f"expected a 5-D video latent [views, C, T, h, w], got shape {list(samples.shape)}")
+    require_finite(samples, "latent", axes=("view", "channel", "frame"))
     views, channels, frames = samples.shape[:3]
     scale = float(latent.get("cvd_latent_scale", 1.0))
     shift = float(latent.get("cvd_latent_shift", 0.0))
@@ -236,6 +243,7 @@ def _run_to_latent_frames(latent, views, scale_factor, shift_factor):
         raise NodeInputError(f"expected a 4-D image latent batch [N, C, h, w], got shape {list(samples.shape)}")
     if samples.shape[0] % views:
         raise NodeInputError(f"the latent batch ({samples.shape[0]}) must split evenly into views={views}")
+    require_finite(samples, "latent", axes=("image latent",))
     frames = samples.shape[0] // views
     scale = float(latent.get("cvd_latent_scale", scale_factor))
     shift = float(latent.get("cvd_latent_shift", shift_factor))

@@ -5,7 +5,7 @@ original_steps=50)``.
 """
 
 from .lora import (MergeReport, animatediff_path_map, load_peft_adapter, lora_deltas,
-                   merge_lora_into_module)
+                   merge_lora_into_module, merged_weight)
 from .scheduler import BASE_BETA_SCHEDULES, MCMScheduler
 from .timesteps import (MCM_TIMESTEP_SCALING, boundary_scalings, mcm_sigmas, mcm_timesteps,
                         timesteps_from_sigmas)
@@ -13,5 +13,5 @@ from .timesteps import (MCM_TIMESTEP_SCALING, boundary_scalings, mcm_sigmas, mcm
 __all__ = [
     "BASE_BETA_SCHEDULES", "MCMScheduler", "MCM_TIMESTEP_SCALING", "MergeReport", "animatediff_path_map",
     "boundary_scalings", "load_peft_adapter", "lora_deltas", "mcm_sigmas", "mcm_timesteps",
-    "merge_lora_into_module", "timesteps_from_sigmas",
+    "merge_lora_into_module", "merged_weight", "timesteps_from_sigmas",
 ]

@@ -15,6 +15,7 @@ Paths in the adapter are diffusers paths (``UNet2DConditionModel`` / ``UNetMotio
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
+
+from ..guards import NonFiniteError, require_finite
 
 PEFT_PREFIX = "base_model.model."
 DIFFUSERS_UNET_PREFIX = "unet."
@@ -136,6 +139,7 @@ def lora_deltas(state_dict: Mapping[str, torch.Tensor], config: Optional[Mapping
     for path, ab in sorted(pairs.items()):
         rank = ab["A"].shape[0]
         deltas[path] = _delta(ab["A"], ab["B"], path) * _module_scale(path, rank, config, alphas)
+        require_finite(deltas[path], f"the LoRA delta of {path}", hint="the adapter file is damaged or not a LoRA")
     return deltas
 
 
@@ -179,17 +183,20 @@ def _fit_delta(delta: torch.Tensor, weight: torch.Tensor) -> Optional[torch.Tens
     return delta.reshape(weight.shape) if core(delta.shape) == core(weight.shape) else None
 
 
-@torch.no_grad()
-def merge_lora_into_module(root: nn.Module, deltas: Mapping[str, torch.Tensor], scale: float = 1.0,
-                           path_map: Optional[PathMap] = None) -> MergeReport:
-    """Add ``scale · delta`` to the ``weight`` of each addressed submodule of ``root`` in place.
+def merged_weight(weight: torch.Tensor, delta: torch.Tensor, scale: float, path: str) -> torch.Tensor:
+    """``weight + scale * delta`` in the weight's dtype, computed in float32; raises ``NonFiniteError``
+    when the result is not finite there (a NaN strength, or a sum past fp16's 65504)."""
+    merged = (weight.float() + scale * delta.to(weight.device, torch.float32)).to(weight.dtype)
+    require_finite(merged, f"the merged weight of {path}",
+                   hint=f"strength {scale} overflows {str(weight.dtype).replace('torch.', '')}: lower the strength, "
+                        "or load the model in bf16 or fp32")
+    return merged
 
-    ``path_map`` (dict or callable; a callable returning None skips the path) maps diffusers paths
-    to ``root``'s paths. Modules that are missing, have no weight or a different shape are
-    skipped with the reason; nothing is half-applied to a module. The sum is done in float32 and
-    cast back to the weight's dtype.
-    """
+
+def _merge_plan(root: nn.Module, deltas: Mapping[str, torch.Tensor], path_map: Optional[PathMap]):
+    """``([(path, weight, fitted delta)], report with the skipped paths)``."""
     report = MergeReport()
+    plan = []
     for path, delta in deltas.items():
         target = _target_path(path, path_map)
         if target is None:
@@ -209,8 +216,28 @@ def merge_lora_into_module(root: nn.Module, deltas: Mapping[str, torch.Tensor], 
             report.skipped.append((path, f"shape mismatch: delta {list(delta.shape)} vs weight "
                                          f"{list(weight.shape)} at {target}"))
             continue
-        merged = weight.float() + scale * fitted.to(weight.device, torch.float32)
-        weight.copy_(merged.to(weight.dtype))
+        plan.append((path, weight, fitted))
+    return plan, report
+
+
+@torch.no_grad()
+def merge_lora_into_module(root: nn.Module, deltas: Mapping[str, torch.Tensor], scale: float = 1.0,
+                           path_map: Optional[PathMap] = None) -> MergeReport:
+    """Add ``scale · delta`` to the ``weight`` of each addressed submodule of ``root`` in place.
+
+    ``path_map`` (dict or callable; a callable returning None skips the path) maps diffusers paths
+    to ``root``'s paths. Modules that are missing, have no weight or a different shape are
+    skipped with the reason. The sum is done in float32 and cast back to the weight's dtype.
+    All or nothing: every merged weight is checked to be finite in its dtype before the first one
+    is written (``NonFiniteError`` otherwise, and ``root`` is unchanged).
+    """
+    if not math.isfinite(float(scale)):
+        raise NonFiniteError(f"LoRA strength must be a finite number, got {scale}")
+    plan, report = _merge_plan(root, deltas, path_map)
+    for path, weight, fitted in plan:  # check everything first (computing twice costs less than memory)
+        merged_weight(weight, fitted, scale, path)
+    for path, weight, fitted in plan:
+        weight.copy_(merged_weight(weight, fitted, scale, path))
         report.applied.append(path)
     return report
 

@@ -47,6 +47,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import torch
 
+from ..guards import NonFiniteError, first_non_finite, precision_hint, require_finite
 from ..progress import Progress, ensure_progress
 from . import noise as noise_streams
 from .batching import CallPlan, auto_max_batch, plan_calls, rows_per_iteration
@@ -114,6 +115,8 @@ def _validate(latents: torch.Tensor, plucker: torch.Tensor, F_of, strategy: str,
         raise ValueError(f"recurrence must be >= 1, got {recurrence}")
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
+    require_finite(latents, "the start latents", axes=("view", "channel", "frame"),
+                   hint="give finite latents (a NaN start can only give NaN videos)")
     if partitions > 1 and strategy != "random":
         raise ValueError(f"partitions > 1 needs strategy 'random' (the '{strategy}' pairing is the same "
                          f"for every partition), got partitions={partitions}")
@@ -262,6 +265,16 @@ class _Runner:
         return uncond + self.guidance_scale * (cond - uncond)
 
 
+def _stop_if_not_finite(values: torch.Tensor, what: str, step: int, n_steps: int, timestep: int,
+                       model_dtype: torch.dtype) -> None:
+    """Stop sampling at the first step whose values are NaN or infinite (they would only spread)."""
+    index = first_non_finite(values)
+    if index is not None:
+        raise NonFiniteError(f"the {what} at step {step + 1} of {n_steps} (timestep {int(timestep)}) is not finite "
+                             f"(NaN or infinity, first at view {index[0]}), so sampling stopped at that step; "
+                             f"{precision_hint(model_dtype)}")
+
+
 @torch.no_grad()
 def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
                      uncond: Optional[torch.Tensor], plucker: torch.Tensor,
@@ -290,8 +303,13 @@ def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
       [V or 1, 1, F, h, w])`` with mask values in [0, 1] at latent size; each entity's prompt
       steers the conditional prediction inside its mask (masked noise-prediction blending, see the
       module doc). Costs one more set of conditional rows per entity; None or [] = off.
+
+    Raises ``NonFiniteError`` (a ``ValueError``) at the first step whose noise prediction or updated
+    latents hold NaN or infinity, naming the step (half precision overflow is the usual cause).
     """
     _validate(latents_init, plucker, F_of, strategy, recurrence, partitions)
+    if not math.isfinite(float(guidance_scale)):
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
     n_views, _, frames = latents_init.shape[:3]
     use_cfg = float(guidance_scale) != 1.0
     if getattr(scheduler, "guidance_distilled", False) and use_cfg:
@@ -325,12 +343,14 @@ def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
         iterations = schedule[i]
         for r, pairs in enumerate(iterations):
             eps = runner.predict_eps(latents, t, pairs)
+            _stop_if_not_finite(eps, "noise prediction", i, n_steps, t, runner.model_dtype)
             step_noise = None
             if scheduler.step_needs_noise(i):
                 step_noise = noise_streams.multiview_noise(seed, noise_streams.STEP, i, r, n_views,
                                                            view_shape, latents.device)
             out = scheduler.step(eps, i, latents, step_noise)
             latents = out.prev_sample
+            _stop_if_not_finite(latents, "latents after the update", i, n_steps, t, runner.model_dtype)
             if r != len(iterations) - 1:
                 renoise = noise_streams.multiview_noise(seed, noise_streams.RECURRENCE, i, r, n_views,
                                                         view_shape, latents.device)
