@@ -274,3 +274,16 @@ def test_metadata_switch_reads_comfyui_cli_args(monkeypatch):
     assert output._metadata({"1": {}}, {"workflow": {}}) == {}
     cli_args.args.disable_metadata = False
     assert output._metadata({"1": {}}, {"workflow": {"a": 1}}) == {"prompt": '{"1": {}}', "workflow": '{"a": 1}'}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_frames_that_are_not_finite_are_refused_and_nothing_is_written(comfy_dirs, bad):
+    out, temp = comfy_dirs
+    images = _images()
+    images[FRAMES + 1, 3, 4, 0] = bad  # view 1, frame 1
+    with pytest.raises(NodeInputError, match=rf"^CVD Save Multi-View Video: images must be finite, got {bad} at view 1, "
+                                             r"frame 1; nothing was written$"):
+        _save(images=images)
+    with pytest.raises(NodeInputError, match="CVD Preview Multi-View: images must be finite"):
+        run_checked(output.PREVIEW_MULTIVIEW, dict(images=images, views=VIEWS, fps=8.0, format="mp4"))
+    assert _all_files(out) == [] and _all_files(temp) == []

@@ -80,3 +80,17 @@ def test_decode_refuses_image_latents_and_wrong_channels(tiny):
         DECODE.run(cvvae=tiny, latent={"samples": torch.randn(3, 4, 4, 4)}, **AUTO)
     with pytest.raises(NodeInputError, match="expects 4"):
         DECODE.run(cvvae=tiny, latent={"samples": torch.randn(1, 16, 2, 4, 4)}, **AUTO)
+
+
+def test_non_finite_frames_and_latents_are_refused(tiny):
+    frames = _frames()
+    frames[3, 1, 1, 2] = float("nan")
+    with pytest.raises(NodeInputError, match=r"^CVD CV-VAE Encode \(video\): images must be finite, got nan at frame 3$"):
+        run_checked(ENCODE, dict(cvvae=tiny, images=frames, views=2, pad_frames=False, **AUTO))
+    latent, = ENCODE.run(cvvae=tiny, images=_frames(), views=2, pad_frames=False, **AUTO).values
+    latent["samples"][1, 0, 1] = float("inf")
+    with pytest.raises(NodeInputError, match=r"CVD CV-VAE Decode \(video\): latent must be finite, got inf at view 1, "
+                                             r"channel 0, frame 1; nothing is decoded"):
+        run_checked(DECODE, dict(cvvae=tiny, latent=latent, **AUTO))
+    with pytest.raises(NodeInputError, match="latent must be finite, got inf"):
+        run_checked(TO_IMAGE_LATENTS, dict(latent=latent))
