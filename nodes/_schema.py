@@ -33,8 +33,10 @@ time), and both servers *convert* widget values in place before any validator se
 2. ``VALIDATE_INPUTS`` (V1) / ``validate_inputs`` (V3): everything the server passes, so the server
    answers HTTP 400 with ``node_errors`` before anything runs;
 3. the run wrappers of both classes, again before ``run``: optional inputs, link values, servers that
-   skip validators. ``NodeInputError`` raised inside ``run`` gets the display name prefixed, so
-   run-time errors read the same.
+   skip validators (ComfyUI 2024-03 never validates a node whose output only reaches optional inputs,
+   e.g. CVD MCM Scheduler feeding the sampler's ``sigmas``: its bad values are refused here, when it
+   runs). ``NodeInputError`` raised inside ``run`` gets the display name prefixed, so run-time errors
+   read the same.
 """
 
 from __future__ import annotations
