@@ -18,7 +18,8 @@ No bare Python error, the server answers afterwards, and a refused or failed cas
 (and no case a partial one) in ``output/`` or ``temp/``.
 
 Counts (refused / failed with a message / ran, each with how many met the rules above) are printed, and written as JSON to
-``$CVD_FUZZ_REPORT`` when set, even when the test fails (to compare code versions). Bounded: at most
+``$CVD_FUZZ_REPORT`` when set, even when the test fails, one entry per server id (to compare code versions:
+``CVD_FUZZ_REPORT=/tmp/fuzz.json scripts/run_tests.sh tests/integration/test_fuzz_inputs.py -s``). Bounded: at most
 ``PER_INPUT`` values per input, one seed, and a time budget after which the remaining cases are
 skipped with a warning.
 """
@@ -263,8 +264,17 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:30] + f"...({len(text)} chars)"
 
 
-def test_hostile_widget_values_are_refused_or_fail_with_the_pack_message(each_comfy_server):
+def _write_report(server_id: str, report: dict) -> None:
+    """Adds this server's entry to ``$CVD_FUZZ_REPORT`` (the other server's entry is kept)."""
+    path = Path(os.environ["CVD_FUZZ_REPORT"])
+    reports = json.loads(path.read_text()) if path.is_file() else {}
+    reports[server_id] = report
+    path.write_text(json.dumps(reports, indent=2))
+
+
+def test_hostile_widget_values_are_refused_or_fail_with_the_pack_message(each_comfy_server, request):
     comfy_server = each_comfy_server
+    server_id = request.node.callspec.id
     info = comfy_server.object_info()
     schemas = {s.node_id: s for s in pack_schemas()}
     names = {s.node_id: s.display_name for s in schemas.values()}
@@ -309,13 +319,13 @@ def test_hostile_widget_values_are_refused_or_fail_with_the_pack_message(each_co
     elapsed = time.monotonic() - started
     report = {"cases": len(cases), "skipped_over_budget": skipped, "seconds": round(elapsed, 1),
               "counts": dict(counts), "problems": problems}
-    print(f"\n[fuzz] {len(cases)} cases in {elapsed:.0f} s: refused at validation {counts['refused']} "
+    print(f"\n[fuzz {server_id}] {len(cases)} cases in {elapsed:.0f} s: refused at validation {counts['refused']} "
           f"({counts['refused_in_pack_words']} in the pack's words), failed at run time with a "
           f"message {counts['failed']} ({counts['failed_in_pack_words']} in the pack's words), ran "
           f"{counts['ran']} ({counts['ran_outside_schema']} outside the schema); bare errors "
           f"{counts['bare_error']}, timed out {counts['timeout']}, skipped over budget {skipped}")
     if os.environ.get("CVD_FUZZ_REPORT"):
-        Path(os.environ["CVD_FUZZ_REPORT"]).write_text(json.dumps(report, indent=2))
+        _write_report(server_id, report)
     if skipped:
         warnings.warn(f"fuzz: {skipped} cases skipped after the {BUDGET_S:.0f} s budget (machine loaded?)")
     assert not problems, f"{len(problems)} fuzz problems:\n" + "\n".join(problems[:40])
