@@ -184,9 +184,10 @@ def _fit_delta(delta: torch.Tensor, weight: torch.Tensor) -> Optional[torch.Tens
 
 
 def merged_weight(weight: torch.Tensor, delta: torch.Tensor, scale: float, path: str) -> torch.Tensor:
-    """``weight + scale * delta`` in the weight's dtype, computed in float32; raises ``NonFiniteError``
+    """``weight + scale * delta`` in the weight's dtype, computed in at least float32; raises ``NonFiniteError``
     when the result is not finite there (a NaN strength, or a sum past fp16's 65504)."""
-    merged = (weight.float() + scale * delta.to(weight.device, torch.float32)).to(weight.dtype)
+    work = torch.promote_types(weight.dtype, torch.float32)  # float32 for half weights, float64 stays float64
+    merged = (weight.to(work) + scale * delta.to(weight.device, work)).to(weight.dtype)
     require_finite(merged, f"the merged weight of {path}",
                    hint=f"strength {scale} overflows {str(weight.dtype).replace('torch.', '')}: lower the strength, "
                         "or load the model in bf16 or fp32")
@@ -227,7 +228,7 @@ def merge_lora_into_module(root: nn.Module, deltas: Mapping[str, torch.Tensor], 
 
     ``path_map`` (dict or callable; a callable returning None skips the path) maps diffusers paths
     to ``root``'s paths. Modules that are missing, have no weight or a different shape are
-    skipped with the reason. The sum is done in float32 and cast back to the weight's dtype.
+    skipped with the reason. The sum is done in (at least) float32 and cast back to the weight's dtype.
     All or nothing: every merged weight is checked to be finite in its dtype before the first one
     is written (``NonFiniteError`` otherwise, and ``root`` is unchanged).
     """
