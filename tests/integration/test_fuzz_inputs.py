@@ -18,7 +18,8 @@ No bare Python error, the server answers afterwards, and a refused or failed cas
 (and no case a partial one) in ``output/`` or ``temp/``.
 
 Counts (refused / failed with a message / ran, each with how many met the rules above) are printed, and written as JSON to
-``$CVD_FUZZ_REPORT`` when set, even when the test fails, one entry per server id (to compare code versions:
+``$CVD_FUZZ_REPORT`` when set, even when the test fails, one entry per server id with each case's outcome
+(to compare code versions:
 ``CVD_FUZZ_REPORT=/tmp/fuzz.json scripts/run_tests.sh tests/integration/test_fuzz_inputs.py -s``). Bounded: at most
 ``PER_INPUT`` values per input, one seed, and a time budget after which the remaining cases are
 skipped with a warning.
@@ -280,7 +281,7 @@ def test_hostile_widget_values_are_refused_or_fail_with_the_pack_message(each_co
     names = {s.node_id: s.display_name for s in schemas.values()}
     output_dir, temp_dir = comfy_server.output_dir, comfy_server.root / "temp"
     cases = fuzz_cases(info)
-    counts, problems = Counter(), []
+    counts, problems, outcomes = Counter(), [], []
     started = time.monotonic()
     skipped = 0
     for workflow, node_id, class_type, name, value, prompt in cases:
@@ -299,6 +300,7 @@ def test_hostile_widget_values_are_refused_or_fail_with_the_pack_message(each_co
         inside = inside_schema(kind, value, spec[1] if len(spec) > 1 else {}, options, cap)
         counts[outcome] += 1
         where = f"{workflow} #{node_id} {class_type}.{name} = {_shown(value)}"
+        outcomes.append([where, outcome])
         if outcome in ("refused", "failed") and words:
             counts[f"{outcome}_in_pack_words"] += 1
         elif outcome in ("refused", "failed"):
@@ -318,7 +320,7 @@ def test_hostile_widget_values_are_refused_or_fail_with_the_pack_message(each_co
             break
     elapsed = time.monotonic() - started
     report = {"cases": len(cases), "skipped_over_budget": skipped, "seconds": round(elapsed, 1),
-              "counts": dict(counts), "problems": problems}
+              "counts": dict(counts), "problems": problems, "outcomes": outcomes}
     print(f"\n[fuzz {server_id}] {len(cases)} cases in {elapsed:.0f} s: refused at validation {counts['refused']} "
           f"({counts['refused_in_pack_words']} in the pack's words), failed at run time with a "
           f"message {counts['failed']} ({counts['failed_in_pack_words']} in the pack's words), ran "
