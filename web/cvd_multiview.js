@@ -20,16 +20,17 @@ const RIG_NODES = new Set(["CVD_CameraPreview"]);
 const PACK_PREFIX = "CVD_";
 const GRID_WIDGET = "cvd_multiview_players";
 const RIG_WIDGET = "cvd_rig_view";
-const MIN_NODE_WIDTH = 420;
+export const MIN_NODE_WIDTH = 420; // a 2 x 2 grid of players stays legible
 
 const MESSAGE_TITLE = "CVD Multi-View";
+
+const recentMessages = new Map();
 
 /**
  * Tell the user something went wrong, through the UI's own message surface: the current frontend's
  * toasts (app.extensionManager.toast), else the legacy UI's dialog; always on the console too.
+ * Returns the surface used.
  */
-const recentMessages = new Map();
-
 export function notify(detail, error) {
   console.warn(`[cvd-multiview] ${detail}`, error ?? "");
   const text = error?.message ? `${detail} (${error.message})` : detail;

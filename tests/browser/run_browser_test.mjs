@@ -531,7 +531,8 @@ async function wheelFacts(page, rigNode) {
  * players re-lay out each time (nothing is rebuilt or lost).
  */
 async function resizeFacts(page, mvNode) {
-  return page.evaluate(async (mv) => {
+  return page.evaluate(async ({ mv, extensionUrl }) => {
+    const { MIN_NODE_WIDTH } = await import(extensionUrl);
     const app = window.app;
     const node = app.graph.getNodeById(Number(mv));
     const host = widgetElement(mv, "cvd_multiview_players");
@@ -557,7 +558,8 @@ async function resizeFacts(page, mvNode) {
     const fits = { host: [hostBox.left, hostBox.top, hostBox.right, hostBox.bottom],
       node: [box.left, box.top, box.right, box.bottom],
       inside: hostBox.left >= box.left - 1 && hostBox.right <= box.right + 1 && hostBox.bottom <= box.bottom + 1,
-      host_height: host.offsetHeight };
+      host_height: host.offsetHeight, node_width: (box.right - box.left) / app.canvas.ds.scale,
+      min_width: MIN_NODE_WIDTH };
     const before = host.offsetWidth;
     const size = [node.size[0], node.size[1]];
     node.setSize([size[0] + 200, size[1] + 150]);
@@ -570,7 +572,7 @@ async function resizeFacts(page, mvNode) {
     return { fits, before, after, restored: host.offsetWidth, restored_size: [node.size[0], node.size[1]], size,
       same_players: host.cvdController === window.__cvdGrid, videos: host.querySelectorAll("video").length,
       video_height: video.height };
-  }, mvNode);
+  }, { mv: mvNode, extensionUrl: EXTENSION_URL });
 }
 
 /**

@@ -288,6 +288,9 @@ def check_resize(report: dict) -> None:
     """The node grew to hold its players; setSize and writes to node.size resize it, players follow."""
     resize = report["resize"]
     assert resize["fits"]["inside"], f"the players overflow their node: {resize['fits']}"
+    # The extension widens a preview node to its MIN_NODE_WIDTH: a 2 x 2 grid stays legible.
+    assert resize["fits"]["node_width"] >= resize["fits"]["min_width"] - 1, (
+        f"the node was not widened for its players: {resize['fits']}")
     assert resize["after"] >= resize["before"] + 150, f"the players did not follow the node's new width: {resize}"
     assert abs(resize["restored"] - resize["before"]) <= 2, f"writing node.size did not resize the node back: {resize}"
     assert resize["same_players"] and resize["videos"] == VIEWS and resize["video_height"] > 40, resize
@@ -483,36 +486,84 @@ class LiveServer:
         return "(log of a server started by hand: see its console)"
 
 
+def failed_checks(report: dict, ui: str) -> list:
+    """``[(check name, message)]`` of the checks ``report`` fails (``check_ui`` first, then ``CHECKS``)."""
+    checks = [("check_ui", lambda r: check_ui(r, ui))] + [(check.__name__, check) for check in CHECKS]
+    failures = []
+    for name, check in checks:
+        try:
+            check(report)
+        except AssertionError as exc:
+            failures.append((name, str(exc)))
+    return failures
+
+
+def _started_servers(which: str, work: Path):
+    """Start the test server(s) as the fixtures do: ``2024``, ``0.3.64`` or ``both``."""
+    from tests.support.comfy_harness import ComfyServer
+    from tests.support.model_installers import install_test_models
+
+    servers = []
+    for name in (("2024", "0.3.64") if which == "both" else (which,)):
+        folder = work / f"comfyui-{name}"
+        args = ("--preview-method", "latent2rgb")
+        server = ComfyServer(folder, extra_args=args) if name == "2024" else ComfyServer.current(folder, extra_args=args)
+        install_test_models(server.root)
+        servers.append(server.start())
+    return servers
+
+
 def main(argv=None) -> int:
-    """``python -m tests.integration.test_browser --url http://127.0.0.1:8188``: the same checks against
-    a running ComfyUI that has this pack in custom_nodes (e.g. a current ComfyUI and frontend)."""
+    """Run the browser checks outside pytest: ``--url http://127.0.0.1:8188`` against a running ComfyUI
+    that has this pack in custom_nodes, or ``--server 2024|0.3.64|both`` to start the test servers as the
+    fixtures do. ``--repeat N`` runs every UI N times and prints a PASS/FAIL table (stability)."""
     import argparse
     import tempfile
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--ui", choices=UIS, default=None,
-                        help="legacy (a 2024 ComfyUI), or the current frontend's litegraph canvas or vue nodes "
-                             "(default: litegraph on the current frontend, legacy otherwise)")
-    parser.add_argument("--keep", help="folder to keep the report and screenshots in (default: a temporary one)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url")
+    target.add_argument("--server", choices=("2024", "0.3.64", "both"))
+    parser.add_argument("--ui", choices=(*UIS, "all"), default=None,
+                        help="legacy (a 2024 ComfyUI), or the current frontend's litegraph canvas or vue nodes; "
+                             "all: every UI of each server (default: litegraph on the current frontend, else legacy)")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--new-user", action="store_true",
+                        help="with --server: forget the server user's settings before every run, so the current "
+                             "frontend greets a new user (its first-run dialog) each time")
+    parser.add_argument("--keep", help="folder to keep the reports and screenshots in (default: a temporary one)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        server = LiveServer(args.url)
-        ui = args.ui or ("litegraph" if _serves_current_frontend(server.url) else "legacy")
-        report = run_browser_check(server, work, ui)
-        print(f"[browser] UI: {report.get('ui')}")
-        failed = 0
-        checks = [("check_ui", lambda r: check_ui(r, ui))] + [(check.__name__, check) for check in CHECKS]
-        for name, check in checks:
-            try:
-                check(report)
-                print(f"PASS {name}")
-            except AssertionError as exc:
-                failed += 1
-                print(f"FAIL {name}: {exc}")
-    return 1 if failed else 0
+        servers = [LiveServer(args.url)] if args.url else _started_servers(args.server, work)
+        results = []
+        try:
+            for repeat in range(args.repeat):
+                for server in servers:
+                    current = _serves_current_frontend(server.url)
+                    uis = ((("litegraph", "vue") if current else ("legacy",)) if args.ui == "all"
+                           else (args.ui or ("litegraph" if current else "legacy"),))
+                    for ui in uis:
+                        if args.new_user and hasattr(server, "forget_user_settings"):
+                            server.forget_user_settings()
+                        run_dir = work / f"run{repeat}-{ui}"
+                        run_dir.mkdir(parents=True, exist_ok=True)
+                        report = run_browser_check(server, run_dir, ui)
+                        failures = failed_checks(report, ui)
+                        sync = report["sync"]["playing"]
+                        results.append((repeat, ui, failures))
+                        print(f"[browser] run {repeat} {ui}: {'PASS' if not failures else 'FAIL'} "
+                              f"(first-run dialog {report['first_run_dialog']['seen']}, clock window "
+                              f"{sync['elapsed']:.3f} s, clock error {sync['clock_error']:.4f} s, "
+                              f"browser {report['timing']['browser_s']} s)")
+                        for name, message in failures:
+                            print(f"    FAIL {name}: {message[:2000]}")
+        finally:
+            for server in servers:
+                getattr(server, "stop", lambda: None)()
+    print(f"[browser] {sum(not f for _, _, f in results)}/{len(results)} runs passed every check")
+    return 1 if any(f for _, _, f in results) else 0
 
 
 if __name__ == "__main__":

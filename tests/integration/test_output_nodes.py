@@ -1,6 +1,7 @@
 """Output nodes in the real ComfyUI: multi-view videos written, served by /view and decoded back
 with PyAV, metadata embedded, the ui contract in /history, no partial files after a failed or
-cancelled run, and the consistency metric on synthetic true-rig views against shuffled views.
+cancelled run (cancelling on both ComfyUI generations), and the consistency metric on synthetic true-rig
+views against shuffled views.
 
 Input: views of a textured 3-D scene rendered through a CVD-like rig (tests/core/synthetic_scene.py),
 uploaded as one animated PNG (view-major frames) that ComfyUI's LoadImage reads as an IMAGE batch;
@@ -43,13 +44,26 @@ def scene():
 
 
 @pytest.fixture(scope="module")
-def uploaded(comfy_server, scene, tmp_path_factory):
-    """The view-major frames uploaded as ``cvd_output_views.png`` (an animated PNG)."""
+def upload_views(scene, tmp_path_factory):
+    """``upload(server)``: the view-major frames uploaded to ``server`` as ``cvd_output_views.png`` (an
+    animated PNG), once per server; returns the name to give LoadImage."""
     pixels, _ = scene
     path = tmp_path_factory.mktemp("upload") / "cvd_output_views.png"
     images = [Image.fromarray(frame) for frame in pixels.reshape(-1, SIZE, SIZE, 3)]
     images[0].save(path, save_all=True, append_images=images[1:])
-    return comfy_server.upload(path)["name"]
+    names = {}
+
+    def upload(server):
+        if server.url not in names:
+            names[server.url] = server.upload(path)["name"]
+        return names[server.url]
+
+    return upload
+
+
+@pytest.fixture(scope="module")
+def uploaded(comfy_server, upload_views):
+    return upload_views(comfy_server)
 
 
 def _graph(image_name, rig_json, **nodes):
@@ -157,10 +171,11 @@ def test_wrong_view_count_fails_and_writes_nothing(comfy_server, scene, uploaded
     assert comfy_server.answers()
 
 
-def test_cancel_while_writing_leaves_no_partial_file(comfy_server, scene, uploaded):
+def test_cancel_while_writing_leaves_no_partial_file(each_comfy_server, scene, upload_views):
     """Interrupt once the first temporary file exists: the run stops and every temporary is removed."""
-    _, rig_json = scene
-    folder = comfy_server.output_dir / "cvd_it_cancel"
+    server, (_, rig_json) = each_comfy_server, scene
+    uploaded = upload_views(server)
+    folder = server.output_dir / "cvd_it_cancel"
     long_video = {  # 3 views x 80 frames at 192 x 192: long enough to be caught while encoding
         "4": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 20}},
         "5": {"class_type": "ImageScaleBy", "inputs": {"image": ["4", 0], "upscale_method": "nearest-exact",
@@ -169,15 +184,15 @@ def test_cancel_while_writing_leaves_no_partial_file(comfy_server, scene, upload
               "inputs": dict(SAVE, images=["5", 0], views=VIEWS, filename_prefix="cvd_it_cancel/long",
                              format="webm")},
     }
-    prompt_id = comfy_server.queue(_graph(uploaded, rig_json, **long_video))
+    prompt_id = server.queue(_graph(uploaded, rig_json, **long_video))
     deadline = time.monotonic() + 120
     while not (folder.is_dir() and any(name.endswith(".partial") for name in os.listdir(folder))):
         assert time.monotonic() < deadline, "the save node never started writing"
         time.sleep(0.02)
-    status, _ = comfy_server._request("POST", "/interrupt")
+    status, _ = server._request("POST", "/interrupt")
     assert status == 200
     with pytest.raises(ComfyError) as caught:
-        comfy_server.wait(prompt_id, timeout=120)
+        server.wait(prompt_id, timeout=120)
     assert "execution_interrupted" in json.dumps(caught.value.payload["status"])  # cancelled, not finished
     assert os.listdir(folder) == []
 

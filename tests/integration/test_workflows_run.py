@@ -1,4 +1,5 @@
-"""Every shipped workflow runs in the real ComfyUI and produces the files it declares."""
+"""Every shipped workflow runs in both real ComfyUI generations (2024-03 and 0.3.64) and produces the files
+it declares."""
 
 import io
 
@@ -18,15 +19,15 @@ def _strip_meta(prompt):
 
 
 @pytest.mark.parametrize("name,prompt,ui", WORKFLOWS, ids=[w[0] for w in WORKFLOWS])
-def test_workflow_runs_and_writes_outputs(comfy_server, name, prompt, ui):
-    entry = comfy_server.run(prompt, workflow=ui, timeout=600)
+def test_workflow_runs_and_writes_outputs(each_comfy_server, name, prompt, ui):
+    entry = each_comfy_server.run(prompt, workflow=ui, timeout=600)
     files = output_files(entry)
     save_nodes = [k for k, v in prompt.items() if v["class_type"] in ("SaveImage", "CVD_SaveMultiViewVideo")]
     for node_id in save_nodes:
         assert files.get(node_id), f"{name}: node {node_id} wrote no file; outputs: {entry.get('outputs')}"
     for node_id, items in files.items():
         for item in items:
-            data = comfy_server.view(item["filename"], item.get("subfolder", ""), item.get("type", "output"))
+            data = each_comfy_server.view(item["filename"], item.get("subfolder", ""), item.get("type", "output"))
             assert len(data) > 100, f"{name}: {item} is empty"
             if item["filename"].endswith(".png"):
                 image = Image.open(io.BytesIO(data))
