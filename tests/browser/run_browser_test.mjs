@@ -264,24 +264,28 @@ async function freeCanvasArea(page) {
     // DOM widgets and Vue nodes follow the view on the next frames.
     for (let i = 0; i < 3; i++) await new Promise((r) => requestAnimationFrame(r));
     const rect = canvas.getBoundingClientRect();
-    const step = 10;
+    const step = 12;
     let { left, top, right, bottom } = rect;
-    const inside = [];
+    const band = { top: rect.top + rect.height / 4, bottom: rect.bottom - rect.height / 4,
+      left: rect.left + rect.width / 4, right: rect.right - rect.width / 4 };
     for (let y = rect.top + step / 2; y < rect.bottom; y += step) {
+      const middleRow = y >= band.top && y <= band.bottom;
       for (let x = rect.left + step / 2; x < rect.right; x += step) {
+        // The middle of the canvas is not sampled here: whatever covers a node there is caught by the
+        // screenshot check (shootNode), which samples each shot's own box.
+        if (middleRow && x > band.left && x < band.right) { x = band.right; continue; }
         if (document.elementFromPoint(x, y) === canvas) continue;
-        if (y < rect.top + rect.height / 4) top = Math.max(top, y + step);
-        else if (y > rect.bottom - rect.height / 4) bottom = Math.min(bottom, y - step);
-        else if (x < rect.left + rect.width / 4) left = Math.max(left, x + step);
-        else if (x > rect.right - rect.width / 4) right = Math.min(right, x - step);
-        else if (inside.length < 5) inside.push([x, y, document.elementFromPoint(x, y)?.className]);
+        if (y < band.top) top = Math.max(top, y + step);
+        else if (y > band.bottom) bottom = Math.min(bottom, y - step);
+        else if (x < band.left) left = Math.max(left, x + step);
+        else right = Math.min(right, x - step);
       }
     }
     [ds.scale, ds.offset[0], ds.offset[1]] = saved;
     app.canvas.setDirty(true, true);
     app.canvas.draw(true, true);
     return { left: Math.ceil(left), top: Math.ceil(top), right: Math.floor(right), bottom: Math.floor(bottom),
-      covered_inside: inside, canvas: { left: rect.left, top: rect.top, width: rect.width, height: rect.height } };
+      canvas: { left: rect.left, top: rect.top, width: rect.width, height: rect.height } };
   });
 }
 
@@ -689,8 +693,8 @@ async function shootNode(page, nodeId, file, background = null) {
       || (node.widgets ?? []).some((w) => w.element && (w.element === el || w.element.contains(el)))));
     let covered = 0, total = 0;
     const samples = [];
-    for (let y = box.y + 3; y < box.y + box.height - 2; y += 12) {
-      for (let x = box.x + 3; x < box.x + box.width - 2; x += 12) {
+    for (let y = box.y + 3; y < box.y + box.height - 2; y += 16) {
+      for (let x = box.x + 3; x < box.x + box.width - 2; x += 16) {
         total += 1;
         const el = document.elementFromPoint(x, y);
         if (!own(el)) {

@@ -1,4 +1,6 @@
-"""The pack's web extension in a real browser against the real (2024-03) ComfyUI.
+"""The pack's web extension in a real browser against real ComfyUI servers, in three UIs: the 2024-03
+server's legacy UI, and ComfyUI 0.3.64 with frontend 1.58.1 in its LiteGraph canvas and in Vue nodes
+mode (``BROWSER_UIS``). The same checks (``CHECKS``) must pass in each.
 
 Debian's ``chromium`` (apt) is driven by ``playwright-core`` (npm, pinned in
 ``tests/browser/package-lock.json``; it never downloads a browser of its own). The test installs
@@ -11,7 +13,18 @@ ray-cast scene rendered through that rig (uploaded as one animated PNG, loaded b
 workflow, queues it through the HTTP API under the page's client id, and measures; this file
 asserts on the measurements and on the screenshots.
 
+The current frontend greets a new server user with a template browser (a modal over the canvas): the
+script waits for it and closes it with Escape, as a user would. Its sidebar, tabs and bars cover parts
+of the canvas: the script measures the free area and puts the nodes there, and every screenshot box is
+checked to be uncovered (the background crop: bare canvas only).
+
+Timing is judged against the page's own clock (``performance.now()`` read with each sample): a loaded
+machine can stall the page for a few hundred milliseconds at any round trip, and the players' loop is
+only 2 s long, so "the clock moved by the time that passed" is checked, not "the clock moved far".
+
 ``CVD_SCREENSHOT_DIR=docs/screenshots`` also copies the screenshots there (the README's pictures).
+``python -m tests.integration.test_browser --help``: the same checks outside pytest (a running server,
+or the test servers started here; ``--repeat N`` for stability runs).
 """
 
 from __future__ import annotations
