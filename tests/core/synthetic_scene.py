@@ -157,6 +157,15 @@ def make_rig(n_views: int = 3, n_frames: int = 4, width: int = 128, height: int 
     return np.broadcast_to(K, (n_views, n_frames, 3, 3)).copy(), c2w
 
 
+def to_pack_convention(K: np.ndarray) -> np.ndarray:
+    """The same intrinsics in the pack's pixel convention (pixel centres at +0.5, as CameraCtrl's Plücker
+    rays, COLMAP and nerfstudio), for handing this renderer's cameras to the nodes: cx, cy + 0.5."""
+    shifted = np.array(K, dtype=np.float64, copy=True)
+    shifted[..., 0, 2] += 0.5
+    shifted[..., 1, 2] += 0.5
+    return shifted
+
+
 def render_rig(scene, K: np.ndarray, c2w: np.ndarray, height: int, width: int) -> np.ndarray:
     """All views and frames: ``[V, T, H, W, 3]`` float32."""
     return np.stack([np.stack([render_view(scene, K[v, t], c2w[v, t], height, width) for t in range(c2w.shape[1])])
