@@ -174,7 +174,7 @@ def _save_multiview(images, views, cameras, prefix: str, fps, format, quality, s
     return Result((), ui={"images": [poster], "cvd_multiview": [summary]})
 
 
-def _check_prefix(filename_prefix):
+def check_prefix(filename_prefix):
     if filename_prefix is None:  # a linked value: checked when the node runs
         return True
     text = str(filename_prefix)
@@ -201,7 +201,7 @@ CAMERAS_INPUT = Input("cameras", CAMERAS, "Optional camera rig of the views: giv
 
 def _run_save(images, views, filename_prefix, fps, format, quality, save_grid, cameras=None, prompt=None,
               extra_pnginfo=None, unique_id=None):
-    problem = _check_prefix(filename_prefix)
+    problem = check_prefix(filename_prefix)
     if problem is not True:
         raise NodeInputError(problem)
     return _save_multiview(images, views, cameras, filename_prefix, fps, format, quality, save_grid, "output",
@@ -239,7 +239,7 @@ SAVE_MULTIVIEW_VIDEO = NodeSchema(
     run=_run_save,
     is_output_node=True,
     hidden=("prompt", "extra_pnginfo", "unique_id"),
-    validate=_check_prefix,
+    validate=check_prefix,
 )
 
 
