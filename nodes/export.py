@@ -6,7 +6,8 @@ and in the README). ``ui`` contract (lists, as ComfyUI 2024 concatenates them)::
     {"text": [one-line summary],
      "cvd_export": [{"folder", "subfolder", "type": "output", "scope", "formats", "image_format",
                      "images", "datasets": [{"folder", "images", "transforms", "colmap", ...}],
-                     "skipped_time_steps": [...], ...}]}
+                     "skipped_time_steps": [...], ...}],
+     "cvd_export_files": [{"filename", "subfolder", "type"}]}  # manifest, transforms.json, images.txt
 
 The export is one folder ``<prefix>_<counter:05>`` in ComfyUI's output folder (counter naming as
 ComfyUI's savers), written atomically: a failed or cancelled run leaves nothing behind.
@@ -53,7 +54,20 @@ def _run_export(images, cameras, filename_prefix, scope, formats, image_format, 
     entry.update(folder=relative, subfolder=subfolder, type="output")
     text = (f"exported {summary['images']} images as {formats} ({scope}, {len(summary['datasets'])} dataset"
             f"{'s' if len(summary['datasets']) != 1 else ''}) to output/{relative}")
-    return Result((summary["path"],), ui={"text": [text], "cvd_export": [entry]})
+    return Result((summary["path"],), ui={"text": [text], "cvd_export": [entry],
+                                          "cvd_export_files": _served_files(summary, relative)})
+
+
+def _served_files(summary: dict, relative: str) -> list:
+    """``/view`` entries of the manifest and of each dataset's camera files (the API's way to fetch them)."""
+    files = [{"filename": "cvd_export.json", "subfolder": relative, "type": "output"}]
+    for dataset in summary["datasets"]:
+        base = f"{relative}/{dataset['folder']}" if dataset["folder"] else relative
+        if dataset["transforms"]:
+            files.append({"filename": "transforms.json", "subfolder": base, "type": "output"})
+        if dataset["colmap"]:
+            files.append({"filename": "images.txt", "subfolder": f"{relative}/{dataset['colmap']}", "type": "output"})
+    return files
 
 
 EXPORT_FOR_RECONSTRUCTION = NodeSchema(

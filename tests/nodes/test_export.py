@@ -59,6 +59,10 @@ def test_export_writes_one_counted_folder_with_the_ui_contract(comfy_dirs):  # n
     assert result.ui["text"] == ["exported 5 images as nerfstudio+colmap (whole_video, 1 dataset) to "
                                  "output/cvd/recon_00001"]
     json.dumps(result.ui, allow_nan=False)
+    assert [(f["filename"], f["subfolder"]) for f in result.ui["cvd_export_files"]] == [
+        ("cvd_export.json", "cvd/recon_00001"), ("transforms.json", "cvd/recon_00001"),
+        ("images.txt", "cvd/recon_00001/sparse/0")]
+    assert all((out / f["subfolder"] / f["filename"]).is_file() for f in result.ui["cvd_export_files"])
     manifest = json.loads((out / "cvd" / "recon_00001" / "cvd_export.json").read_text())
     assert CameraSet.from_dict(manifest["rig"]) == _rig() and manifest["labels"] == ["left", "right"]
     again = _export(scope="per_time_step", formats="colmap")
@@ -97,3 +101,15 @@ def test_a_cancel_leaves_nothing(comfy_dirs, monkeypatch, fail_at):  # noqa: F81
         _export()
     assert [name for _, _, names in os.walk(out) for name in names] == []
     assert os.listdir(out / "cvd") == []  # not even the hidden staging folder
+
+
+def test_example_workflow_embeds_the_synthetic_rig():
+    """workflows/api/cvd_evaluate_export.json describes exactly the views the installer renders."""
+    from tests.support.models_synthetic_scene import SYNTHETIC_VIEWS, rig_json
+    from tests.support.pack_info import WORKFLOWS
+
+    prompt = json.loads((WORKFLOWS / "api" / "cvd_evaluate_export.json").read_text())
+    by_type = {node["class_type"]: node["inputs"] for node in prompt.values()}
+    assert by_type["LoadImage"]["image"] == SYNTHETIC_VIEWS
+    assert json.loads(by_type["CVD_CameraTrajectory"]["custom_json"]) == json.loads(rig_json())
+    assert by_type["CVD_SaveMultiViewVideo"]["cameras"] == ["2", 0]  # writes the sidecar eval_consistency.py reads
