@@ -33,11 +33,12 @@ SAVE = {"views": 0, "filename_prefix": "cvd_it/save", "fps": 8.0, "format": "mp4
 @pytest.fixture(scope="module")
 def scene():
     """Rendered true views ``[V, T, H, W, 3]`` uint8 and the rig as custom camera JSON."""
-    from tests.core.synthetic_scene import make_rig, make_scene, render_rig
+    from tests.core.synthetic_scene import make_rig, make_scene, render_rig, to_pack_convention
 
     K, c2w = make_rig(VIEWS, FRAMES, SIZE, SIZE)
     frames = render_rig(make_scene(seed=0), K, c2w, SIZE, SIZE)
     pixels = (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    K = to_pack_convention(K)  # the rig's convention: pixel centres at +0.5
     rig_json = json.dumps({"views": [{"label": LABELS[v], "K": K[v].tolist(), "c2w": c2w[v].tolist()}
                                      for v in range(VIEWS)]})
     return pixels, rig_json
@@ -139,7 +140,12 @@ def test_save_writes_playable_views_grid_and_metadata(comfy_server, scene, uploa
     names = sorted(os.listdir(comfy_server.output_dir / "cvd_it"))
     stem = poster["filename"][: -len("_poster.png")]
     assert [n for n in names if n.startswith(stem + "_")] == sorted(
-        [f"{stem}_v{v}.mp4" for v in range(VIEWS)] + [f"{stem}_grid.mp4", f"{stem}_poster.png"])
+        [f"{stem}_v{v}.mp4" for v in range(VIEWS)] + [f"{stem}_grid.mp4", f"{stem}_poster.png",
+                                                      f"{stem}_cameras.json"])
+    assert summary["cameras_file"]["filename"] == f"{stem}_cameras.json"
+    sidecar = json.loads(comfy_server.view(summary["cameras_file"]["filename"], "cvd_it"))
+    assert sidecar["cameras"] == summary["cameras"] and [v["filename"] for v in sidecar["views"]] == \
+        [v["filename"] for v in summary["views"]]
 
 
 def test_preview_png_frames_are_served_from_temp(comfy_server, scene, uploaded):
@@ -222,4 +228,4 @@ def test_consistency_separates_true_rig_from_shuffled_views(comfy_server, scene,
     (text,) = entry["outputs"]["20"]["text"]
     assert "overall: Sampson mean" in text
     (plot,) = entry["outputs"]["20"]["images"]
-    assert Image.open(io.BytesIO(comfy_server.view(plot["filename"], plot["subfolder"], plot["type"]))).size == (768, 384)
+    assert Image.open(io.BytesIO(comfy_server.view(plot["filename"], plot["subfolder"], plot["type"]))).size == (768, 768)
