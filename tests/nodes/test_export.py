@@ -16,7 +16,7 @@ from cvd_core.io.colmap import read_colmap_text
 from cvd_core.io.nerfstudio import read_nerfstudio_transforms
 from nodes import _comfy, export
 from nodes._comfy import NodeInputError
-from nodes._schema import WIDGET_TYPES, build_v1
+from nodes._schema import WIDGET_TYPES, build_v1, run_checked
 from tests.nodes.test_output import FailingProgress, comfy_dirs  # noqa: F401 (a fixture)
 
 VIEWS, FRAMES, SIZE = 2, 3, 32
@@ -37,7 +37,7 @@ def _export(**overrides):
     args = dict(images=_images(), cameras=_rig(), filename_prefix="cvd/recon", scope="whole_video",
                 formats="nerfstudio+colmap", image_format="png", skip_duplicate_cameras=True, unique_id="3")
     args.update(overrides)
-    return export._run_export(**args)
+    return run_checked(export.EXPORT_FOR_RECONSTRUCTION, args)  # the node's own run path: checks, then run
 
 
 def test_widgets_and_class():
