@@ -269,8 +269,7 @@ class DistributedExecutor(RowExecutor):
             dist.broadcast(latents.to(device, self.transfer_dtype).contiguous(), src=0)
         except RuntimeError as exc:
             self._clean = False
-            raise WorkerJobError(f"a worker stopped answering at {iteration.describe()} (sending the latents failed:"
-                                 f" {exc}); workers: {self._who()}") from None
+            raise self._failure(iteration, None, exc) from None
         self.stats["broadcast_s"] += time.perf_counter() - started
         view_numel = latents[0].numel()
         element = torch.empty((), dtype=self.transfer_dtype).element_size()
@@ -311,25 +310,28 @@ class DistributedExecutor(RowExecutor):
         def describe(p: int, exc: BaseException) -> BaseException:
             if p < n_local:
                 return device_error(self._local)(p, exc)
-            rank = self._waiting_rank or 1
-            worker = self.workers[rank - 1]
-            text = str(exc)
-            deadline = time.monotonic() + 1.0  # the control connection may close a moment after the data one
-            while self.pool.state_of(worker) != "gone" and "Timed out" not in text and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if self.pool.state_of(worker) == "gone":
-                cause = "the worker process ended or lost its connection"
-            elif "Timed out" in text or "timeout" in text.lower():
-                cause = f"no answer within {self.timeout_s:.0f} s (CVD_DIST_TIMEOUT)"
-            else:
-                cause = "a transport error"
-            return WorkerJobError(f"{worker.label(rank)} failed at {iteration.describe()}: {cause} "
-                                  f"({type(exc).__name__}: {str(exc).strip()[:300]}). The job was stopped; the server "
-                                  "keeps running and the next job uses the workers still connected (or runs locally).")
+            return self._failure(iteration, self._waiting_rank, exc)
         return describe
 
-    def _who(self) -> str:
-        return "; ".join(w.label(r) for r, w in enumerate(self.workers, 1))
+    def _failure(self, iteration: Iteration, rank: Optional[int], exc: BaseException) -> WorkerJobError:
+        """The error of a failed job: which worker (by rank, name, host), at which step, and why."""
+        text = str(exc)
+        suspects = list(enumerate(self.workers, 1)) if rank is None else [(rank, self.workers[rank - 1])]
+        deadline = time.monotonic() + 1.0  # the control connection may close a moment after the data one
+        while time.monotonic() < deadline and "Timed out" not in text and \
+                not any(self.pool.state_of(w) == "gone" for _, w in suspects):
+            time.sleep(0.02)
+        gone = [(r, w) for r, w in suspects if self.pool.state_of(w) == "gone"]
+        if gone:
+            suspects, cause = gone, "the worker process ended or lost its connection"
+        elif "Timed out" in text or "timeout" in text.lower():
+            cause = f"no answer within {self.timeout_s:.0f} s (CVD_DIST_TIMEOUT)"
+        else:
+            cause = "a transport error"
+        who = " or ".join(w.label(r) for r, w in suspects)
+        return WorkerJobError(f"{who} failed at {iteration.describe()}: {cause} ({type(exc).__name__}: "
+                              f"{text.strip()[:300]}). The job was stopped; the server keeps running and the next "
+                              "job uses the workers still connected (or runs locally).")
 
     # -- job end ---------------------------------------------------------------------------------
 
