@@ -35,7 +35,7 @@ import torch
 from ..sampling.batching import CallPlan, Row, plan_calls_split
 from ..sampling.executor import Denoiser, Iteration, RowExecutor, RowInputs
 from .cluster import LOG, Worker, WorkerJobError, WorkerPool
-from .threaded import CpuThreads, ParticipantError, device_error, local_lane, run_lanes
+from .threaded import CpuThreads, check_deterministic, device_error, local_lane, run_lanes
 
 OP_END, OP_ITERATE = 0, 1
 HEADER = 4  # opcode, timestep, plan length, step index
@@ -180,6 +180,7 @@ class DistributedExecutor(RowExecutor):
         return self._local[0].device if self.backend_name == "nccl" else torch.device("cpu")
 
     def begin(self, rows, run_pairs, latents) -> None:
+        check_deterministic(self._local)
         super().begin(rows, run_pairs, latents)
         for d in self._local:
             if d.dtype != self.transfer_dtype:

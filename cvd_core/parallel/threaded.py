@@ -126,6 +126,15 @@ def device_error(denoisers: Sequence[Denoiser]):
     return describe
 
 
+def check_deterministic(denoisers: Sequence[Denoiser]) -> None:
+    """Refuse denoisers whose calls draw random numbers: with the calls of a step running concurrently
+    (or on several machines) the draws would land on other rows than on one device."""
+    for d in denoisers:
+        if getattr(d.module, "first_frame_slope", None) == "random":
+            raise ValueError("first_frame_slope 'random' draws a slope per denoiser call, so the split would "
+                             "change the result: use a fixed slope (or None) on several devices")
+
+
 class ThreadedExecutor(RowExecutor):
     """Rows of each iteration over several local denoisers (replicas), one thread each."""
 
@@ -144,6 +153,7 @@ class ThreadedExecutor(RowExecutor):
         return plan_calls_split(pairs, branches, max_batch, self.parts)
 
     def begin(self, rows, run_pairs, latents) -> None:
+        check_deterministic(self._denoisers)
         super().begin(rows, run_pairs, latents)
         self.cpu_threads.begin()
 

@@ -237,3 +237,10 @@ def test_bytes_per_iteration_formula():
     # 16 views of 16 frames at 256x256 (latent 4 x 16 x 32 x 32), fp16, one worker with 16 of 32 rows
     view = 4 * 16 * 32 * 32
     assert transfer_bytes(16, view, 2, [16], plan_words=100) == 8 * 104 + 16 * view * 2 + 16 * view * 2
+
+
+def test_a_denoiser_that_draws_per_call_is_refused():
+    drawing = MixingDenoiser()
+    drawing.first_frame_slope = "random"  # CVDModel's per-call random slope of frame 0's pseudo lines
+    with pytest.raises(ValueError, match="first_frame_slope 'random' draws a slope per denoiser call"):
+        _sample(4, ThreadedExecutor([drawing, drawing]))
