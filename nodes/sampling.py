@@ -244,7 +244,6 @@ def _run_sampler(cvd_model, cameras, positive, negative, seed, steps, cfg, sched
                  max_batch, denoise, latent=None, sigmas=None, layout=None, entity_prompts=None, devices="",
                  unique_id=None):
     rig = _rig(cameras, cvd_model)
-    executor = executor_for(cvd_model, devices)
     if strategy not in STRATEGIES:
         raise NodeInputError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
     if latent is None and denoise < 1.0:
@@ -255,6 +254,7 @@ def _run_sampler(cvd_model, cameras, positive, negative, seed, steps, cfg, sched
     regional = regional_inputs(layout, entity_prompts, rig, model_text_width(cvd_model))
     plucker, fundamentals = camera_inputs(rig)
     start = _start_latent(latent, rig, seed, sched)
+    executor = executor_for(cvd_model, devices)  # after the other checks: replicas may copy weights
     free_memory(cvd_model.device)
     if max_batch == 0:
         max_batch = _auto_max_batch(rig, strategy, seed, len(sched.timesteps), recurrence, use_cfg, cvd_model,

@@ -24,8 +24,6 @@ the workers still connected, or runs locally.
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 from datetime import timedelta
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -223,8 +221,12 @@ class DistributedExecutor(RowExecutor):
         from torch.distributed import PrefixStore
         if self.backend_name == "nccl":  # NCCL binds each rank to its current CUDA device
             torch.cuda.set_device(self._local[0].device)
-        dist.init_process_group(self.backend_name, store=PrefixStore(f"cvd/{job_id}/", self.pool.store), rank=0,
-                                world_size=world, timeout=timedelta(seconds=self.timeout_s))
+        try:
+            dist.init_process_group(self.backend_name, store=PrefixStore(f"cvd/{job_id}/", self.pool.store), rank=0,
+                                    world_size=world, timeout=timedelta(seconds=self.timeout_s))
+        except Exception as exc:  # a worker that left between 'start' and joining, or a network problem
+            raise WorkerJobError(f"the workers did not join the job's process group ({self.backend_name}): {exc}; "
+                                 f"workers: {'; '.join(w.label(r) for r, w in enumerate(self.workers, 1))}") from None
         self.group_open = True
         self.job_id = job_id
         device = self._comm_device()

@@ -135,10 +135,10 @@ class Worker:
         if answer != "start":
             channel.send({"type": "finished", "job": job, "ok": False, "error": f"job {answer}"})
             return
-        store = torch.distributed.TCPStore(self.host, int(offer["store_port"]), is_master=False,
-                                           timeout=_seconds(offer.get("timeout_s", 600)))
         started = time.perf_counter()
         try:
+            store = torch.distributed.TCPStore(self.host, int(offer["store_port"]), is_master=False,
+                                               timeout=_seconds(offer.get("timeout_s", 600)))
             stats = serve_job(offer, model, store, LOG)
         except Exception as exc:  # the job failed (server gone, a peer died, ...): back to waiting
             LOG.warning("job %s stopped: %s", job, str(exc).strip()[:500])
