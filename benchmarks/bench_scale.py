@@ -5,6 +5,7 @@ Usage:
   python benchmarks/bench_scale.py --width 64 --frames 16 --size 128 --steps 2 --repeat 3
   python benchmarks/bench_scale.py --devices cuda:0,cuda:1   # a multi-GPU machine (ranks: NCCL)
   python benchmarks/bench_scale.py --comm-size 16x256x256    # + the transfer of one step at that size
+  python benchmarks/bench_scale.py --comm-size 16x256x256 --comm-step   # + as a share of a 1-device step there
 
 Jobs (``--jobs``, views:strategy): 8 views ``all_pairs`` (28 pairs a step) and 16 views ``random``
 (8 pairs). For each job and case: seconds per step (median of ``--repeat`` runs after a one-step
@@ -62,18 +63,20 @@ def write_models(folder: Path, width: int) -> dict:
 
 
 class Job:
-    def __init__(self, views: int, strategy: str, frames: int, size: int, cfg: float, text_width: int):
+    def __init__(self, views: int, strategy: str, frames: int, size: int, cfg: float, text_width: int,
+                 width: int = 0):
         from cvd_core.camera import make_preset_rig
         from cvd_core.sampling import initial_noise
         from nodes.sampling import camera_inputs
 
         self.views, self.strategy, self.cfg = views, strategy, cfg
-        rig = make_preset_rig("circle", views, frames, size, size)
+        width = width or size  # size = height
+        rig = make_preset_rig("circle", views, frames, width, size)
         self.plucker, self.fundamentals = camera_inputs(rig)
         g = torch.Generator().manual_seed(0)
         self.cond = torch.randn(1, 77, text_width, generator=g)
         self.uncond = torch.randn(1, 77, text_width, generator=g) if cfg != 1 else None
-        self.latents = initial_noise(1, views, 4, frames, size // 8, size // 8)
+        self.latents = initial_noise(1, views, 4, frames, size // 8, width // 8)
 
     @property
     def name(self) -> str:
@@ -184,9 +187,11 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=1.0, help="1 = MCM-style (one row per view and pair)")
     parser.add_argument("--devices", default="cpu,cpu", help="the local devices of the multi-device case")
     parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads per participant")
-    parser.add_argument("--comm-size", default="", help="views x height x width (frames = --frames... e.g. "
-                        "16x256x256): also probe one step's transfer at that size")
+    parser.add_argument("--comm-size", default="", help="views x height x width (frames: --comm-frames), e.g. "
+                        "16x256x256: also probe one step's transfer at that size")
     parser.add_argument("--comm-frames", type=int, default=16)
+    parser.add_argument("--comm-step", action="store_true", help="also time one 1-device sampling step at "
+                        "--comm-size (same model and cfg): the transfer as a share of half that step")
     parser.add_argument("--probe-reps", type=int, default=5)
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
     parser.add_argument("--probe-peer", type=int, default=0, help=argparse.SUPPRESS)
@@ -213,6 +218,7 @@ def main() -> None:
     pool = WorkerPool("127.0.0.1", free_port(), store_port=free_port()).start()
     workers = [start_worker(pool.port, models, d, args.threads) for d in devices[1:]]
     element = torch.empty((), dtype=model.dtype).element_size()
+    finished = False
     try:
         deadline = time.monotonic() + 600
         while len(pool.workers()) < len(workers):
@@ -235,7 +241,7 @@ def main() -> None:
             words = encode_plans([worker_calls]).numel()
             comm = probe_rank0(free_port(), tuple(job.latents.shape), rows, model.dtype, words, args.probe_reps,
                                devices[0])
-            results.append({"job": job.name, "rows_per_step": rows * 2, "one_device_s": one, "threads_s": two,
+            results.append({"job": job.name, "worker_rows_per_step": rows, "one_device_s": one, "threads_s": two,
                             "ranks_s": ranks, "threads_speedup": one / two, "ranks_speedup": one / ranks,
                             "threads_efficiency": one / two / len(devices),
                             "ranks_efficiency": one / ranks / len(devices), "bytes_per_step": per_step,
@@ -254,16 +260,28 @@ def main() -> None:
             words = encode_plans([worker_calls]).numel()
             view = 4 * args.comm_frames * (height // 8) * (width // 8)
             from cvd_core.parallel.distributed import transfer_bytes
-            comm_rows.append({"size": f"{views} x {args.comm_frames} x {height}x{width} random",
-                              "bytes_per_step": transfer_bytes(views, view, element, [rows], words),
-                              "probe_comm_s": probe_rank0(free_port(), shape, rows, model.dtype, words,
-                                                          args.probe_reps, devices[0])})
+            comm = {"size": f"{views} x {args.comm_frames} x {height}x{width} random",
+                    "bytes_per_step": transfer_bytes(views, view, element, [rows], words),
+                    "probe_comm_s": probe_rank0(free_port(), shape, rows, model.dtype, words, args.probe_reps,
+                                                devices[0])}
+            if args.comm_step:  # one step, no warm-up: at this size a step is long enough to swamp it
+                big = Job(views, "random", args.comm_frames, height, args.cfg, 32, width)
+                torch.set_num_threads(args.threads)
+                comm["step_s"] = big.run(model, 1)[0]
+                # against an ideal 2-rank step (half the 1-device step): the largest share it can be
+                comm["comm_share"] = comm["probe_comm_s"] / (comm["step_s"] / 2)
+            comm_rows.append(comm)
+        finished = True
     finally:
         for process, log in workers:
             process.kill()
             process.wait()
             log.close()
         pool.stop()
+        if finished:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"bench_scale: kept {workdir} (models and worker logs) for a look", file=sys.stderr)
 
     print(f"\nbench_scale: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__}, width {args.width}, {args.frames} frames, {args.size}x{args.size}, cfg {args.cfg}, "
@@ -281,11 +299,12 @@ def main() -> None:
         print(f"  {r['job']}: max |difference| to 1 device: threads {r['max_diff_threads']:.2e}, "
               f"ranks {r['max_diff_ranks']:.2e}")
     for r in comm_rows:
+        share = (f"; 1-device step {r['step_s']:.2f} s, transfer = {100 * r['comm_share']:.2f} % of half of it "
+                 "(an ideal 2-rank step)") if "step_s" in r else ""
         print(f"transfer of one step at {r['size']} ({str(model.dtype).replace('torch.', '')}, one worker): "
-              f"{r['bytes_per_step'] / 1e6:.2f} MB, {r['probe_comm_s']:.4f} s on this group")
+              f"{r['bytes_per_step'] / 1e6:.2f} MB, {r['probe_comm_s']:.4f} s on this group{share}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "jobs": results, "comm": comm_rows}, indent=2))
-    shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
