@@ -66,6 +66,11 @@ def _run_loader(checkpoint, motion_module, adapter, adapter_scale, cameractrl, c
     except (CheckpointKeyError, ValueError, KeyError, OSError, RuntimeError) as exc:
         raise NodeInputError(f"could not load the CVD model: {exc}") from None
     model.source_files = {k: v for k, v in paths.items() if v is not None}
+    # folder and entry of every file, so torch.distributed workers can find the same files (nodes/_replicas.py)
+    model.source_entries = {role: (folder, name) for role, folder, name in
+                            (("unet", "checkpoints", checkpoint), ("motion_module", "animatediff_models", motion_module),
+                             ("adapter", "animatediff_models", adapter), ("cameractrl", "cvd", cameractrl),
+                             ("cvd", "cvd", cvd)) if paths[role] is not None}
     return Result((model,))
 
 

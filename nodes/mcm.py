@@ -169,6 +169,8 @@ def _run_lora_cvd(cvd_model, lora_name, strength):
     _require_applied(report, lora_name, "CVD model")
     model.mcm_lora = {"name": lora_name, "strength": strength, "applied": len(report.applied),
                       "skipped": len(report.skipped)}
+    # every merge in order (chained loaders), so torch.distributed workers rebuild the same weights
+    model.mcm_loras = list(getattr(cvd_model, "mcm_loras", ())) + [{"name": lora_name, "strength": strength}]
     text = _report_text(report, "CVD model")
     return Result((model, text), ui={"text": [text]})
 

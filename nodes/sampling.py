@@ -33,6 +33,7 @@ from cvd_core.sampling import DDIMScheduler, STRATEGIES, initial_noise, pair_sch
 from cvd_core.sampling.batching import estimate_max_batch, rows_per_iteration
 
 from ._comfy import NodeInputError, free_memory, free_memory_bytes, progress_bar, sd15_latent_preview
+from ._scale_out import executor_for
 from ._schema import Input, NodeSchema, Output, Result
 from .camera import CAMERAS
 from .cvd_model import CVD_MODEL
@@ -217,22 +218,27 @@ def _start_latent(latent, rig, seed: int, sched) -> torch.Tensor:
 
 
 def _auto_max_batch(rig, strategy: str, seed: int, steps: int, recurrence: int, use_cfg: bool, cvd_model,
-                    entities: int = 0) -> Optional[int]:
-    """Rows per denoiser call from ComfyUI's view of free memory (None: let the core decide)."""
-    free = free_memory_bytes(cvd_model.device)
-    if free is None:
+                    entities: int = 0, executor=None) -> Optional[int]:
+    """Rows per denoiser call from ComfyUI's view of free memory (None: let the core decide).
+
+    With several devices every call must fit the tightest one (the split gives each about the
+    same rows)."""
+    devices = [d.device for d in executor.denoisers] if executor is not None else [cvd_model.device]
+    free = [free_memory_bytes(device) for device in devices]
+    if any(f is None for f in free):
         return None
     widest = max(len(pair_schedule(rig.n_views, strategy, step, seed, substep=r))
                  for step in range(steps) for r in range(recurrence))
     rows = rows_per_iteration(widest, (2 if use_cfg else 1) + entities)
     view_shape = (LATENT_CHANNELS, rig.n_frames, rig.height // 8, rig.width // 8)
-    return estimate_max_batch(view_shape, free, rows, rig.n_views, cvd_model.dtype)
+    return min(estimate_max_batch(view_shape, f, rows, rig.n_views, cvd_model.dtype) for f in free)
 
 
 # ------------------------------------------------------------------------------ the node
 
 def _run_sampler(cvd_model, cameras, positive, negative, seed, steps, cfg, scheduler, strategy, recurrence,
-                 max_batch, denoise, latent=None, sigmas=None, layout=None, entity_prompts=None, unique_id=None):
+                 max_batch, denoise, latent=None, sigmas=None, layout=None, entity_prompts=None, devices="",
+                 unique_id=None):
     rig = _rig(cameras, cvd_model)
     sched = make_scheduler(scheduler, steps, denoise, sigmas)
     use_cfg = float(cfg) != 1.0
@@ -240,16 +246,17 @@ def _run_sampler(cvd_model, cameras, positive, negative, seed, steps, cfg, sched
     regional = regional_inputs(layout, entity_prompts, rig, model_text_width(cvd_model))
     plucker, fundamentals = camera_inputs(rig)
     start = _start_latent(latent, rig, seed, sched)
+    executor = executor_for(cvd_model, devices)  # after the other checks: replicas may copy weights
     free_memory(cvd_model.device)
     if max_batch == 0:
         max_batch = _auto_max_batch(rig, strategy, seed, len(sched.timesteps), recurrence, use_cfg, cvd_model,
-                                    len(regional or []))
+                                    len(regional or []), executor)
     progress = progress_bar(unique_id)
     try:
         samples = sample_multiview(cvd_model, start, cond, uncond, plucker, fundamentals if rig.n_views > 1 else None,
                                    sched, guidance_scale=float(cfg), strategy=strategy, recurrence=recurrence,
                                    max_batch=max_batch, seed=seed, progress=progress, regional=regional,
-                                   preview_callback=sd15_latent_preview(progress))
+                                   preview_callback=sd15_latent_preview(progress), executor=executor)
     except ValueError as exc:
         raise NodeInputError(str(exc)) from None
     out = {"samples": samples.cpu(), "views": rig.n_views, "cvd_frames": rig.n_frames,
@@ -333,6 +340,11 @@ SAMPLER = NodeSchema(
         Input("entity_prompts", "CONDITIONING", "Optional prompts, exactly one per layout entity in the layout's "
               "entity order (chain CLIP Text Encode outputs with Conditioning Combine). Each applies inside its "
               "entity's mask; the positive prompt applies elsewhere. Needs layout.", optional=True),
+        Input("devices", "STRING", "Where the denoiser rows of each step run. Empty = ComfyUI's device only. A comma "
+              "list splits every step's rows across copies of the model, one thread per device, balanced by rows: "
+              "cuda:0,cuda:1 (or all = every GPU); cpu,cpu on a CPU-only machine. Add workers to also use the "
+              "torch.distributed workers connected to this server (README: Scaling out). The same seed gives the "
+              "same videos on any devices, up to float rounding.", default="", optional=True),
     ],
     outputs=[Output("LATENT", "latent", "Video latents [views, 4, frames, h, w], scaled (UNet space), one latent "
                     "frame per video frame.")],
