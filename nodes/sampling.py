@@ -290,9 +290,11 @@ def _run_sampler(cvd_model, cameras, positive, negative, seed, steps, cfg, sched
         except ValueError as exc:
             raise NodeInputError(str(exc)) from None
         except out_of_memory_types() as exc:
-            failure = _out_of_memory_message(model.device, max_batch, rows, str(exc).splitlines()[0])
-    if failure is not None:  # raised outside the except block: its traceback would keep the tensors alive
-        raise MemoryError(failure)
+            failure = (type(exc), _out_of_memory_message(model.device, max_batch, rows, str(exc).splitlines()[0]))
+    if failure is not None:
+        # Raised outside the except block (its traceback would keep the tensors alive), as the same type, so
+        # ComfyUI still recognizes an out-of-memory error (it then unloads models and adds its own tips).
+        raise failure[0](failure[1])
     out = {"samples": samples.cpu(), "views": rig.n_views, "cvd_frames": rig.n_frames,
            "cvd_temporal_compression": 1, "cvd_latent_scale": SD_LATENT_SCALE, "cvd_latent_shift": 0.0}
     return Result((out,))

@@ -192,7 +192,7 @@ def run_checks(comfy_root: Path, work: Path) -> dict:
         "buffers_on_meta": all(b.device.type == "meta" for b in probe.buffers()),
         "streamable_params_kept": all(p.device.type == "cpu" for p in probe.parameters())}
 
-    # CV-VAE: managed vs plain through the encode/decode nodes, whole and tiled, then streamed
+    # CV-VAE: managed vs plain through the encode/decode nodes (tiled), then streamed
     import numpy as np
     from PIL import Image, ImageSequence
 
@@ -201,7 +201,8 @@ def run_checks(comfy_root: Path, work: Path) -> dict:
     images = torch.from_numpy(np.stack(frames[:5]))[:, 16:48, 16:48].contiguous()  # 5 frames of 32x32: cheap
     vae = vae_nodes.LOADER.run(vae_name="vae3d_v1-1", dtype="auto").values[0]
     vae_plain = load_cvvae(str(models / "cvvae" / "vae3d_v1-1"), dtype="fp32", device="cpu")
-    tilings = {"auto": ("auto", 0, 0.25, 0), "manual": ("manual", 16, 0.25, 4)}
+    # manual tiles (several tiles and windows); `auto`, sized from ComfyUI's free memory, runs through the server test
+    tilings = {"manual": ("manual", 16, 0.25, 4)}
 
     def roundtrip(model, tiling):
         mode, tile, overlap, chunk = tilings[tiling]
