@@ -308,11 +308,12 @@ def _is_loaded(patcher) -> bool:
 
 
 def _loaded_bytes(patcher) -> int:
-    """Weight bytes ComfyUI counts as loaded on the compute device (0 while it is not loaded)."""
-    if hasattr(patcher, "loaded_size"):  # ComfyUI 0.3.x keeps the count itself
-        return int(patcher.loaded_size())
+    """Weight bytes ComfyUI counts as loaded on the compute device (0 unless this very patcher is loaded:
+    clones share one module, and only one of them is loaded at a time)."""
     if not _is_loaded(patcher):
         return 0
+    if hasattr(patcher, "loaded_size"):  # ComfyUI 0.3.x keeps the count itself
+        return int(patcher.loaded_size())
     load = str(torch.device(patcher.load_device))
     return int(_bytes_by_device(_tensors(patcher.model)).get(load, 0))
 
@@ -340,6 +341,7 @@ def _weight_accounting(patchers) -> dict:
     """Distinct storages behind ``patchers``: their modules' weights, the patches they carry, and ComfyUI's
     backups of patched weights (held while a patched copy is loaded)."""
     modules = {id(p.model): p.model for p in patchers}
+    sizes = {id(p.model): int(p.model_size()) for p in patchers}  # ComfyUI's own count (state-dict bytes, cached)
     weights = _distinct(t for m in modules.values() for t in _tensors(m))
     patches = _distinct(t for p in patchers for v in p.patches.values() for t in _tensors_in(v))
     backups = _distinct(t for p in patchers for v in p.backup.values() for t in _tensors_in(v))
@@ -350,7 +352,7 @@ def _weight_accounting(patchers) -> dict:
     return {"patchers": len(patchers), "modules": len(modules), "weight_bytes": sum(weights.values()),
             "weight_bytes_by_device": by_device, "patch_bytes": sum(patches.values()),
             "backup_bytes": sum(backups.values()),
-            "state_dict_bytes": sum(_state_bytes(m) for m in modules.values())}
+            "state_dict_bytes": sum(sizes.values())}
 
 
 def _pack_modules(patchers) -> list:
@@ -360,10 +362,6 @@ def _pack_modules(patchers) -> list:
         groups.setdefault(id(patcher.model), []).append(patcher)
     return [{"module": f"{key:x}", "pack_kind": kind_of(group[0].model), **_weight_accounting(group)}
             for key, group in groups.items()]
-
-
-def _state_bytes(module: nn.Module) -> int:
-    return sum(t.nelement() * t.element_size() for t in module.state_dict().values())
 
 
 def _torch_memory(device: torch.device) -> dict:
