@@ -230,3 +230,18 @@ def test_low_vram_partial_load_streams_layers_with_the_same_outputs(inprocess_fa
         assert facts["lowvram"]["lora"]["weights_intact"]
     assert facts["place_unstreamed"] == {"buffers_on_meta": True, "streamable_params_kept": True}
     assert facts["cvvae"]["lowvram_streaming_layers"] > 0 and facts["cvvae"]["lowvram_same"]
+
+
+def test_max_batch_and_auto_tiles_follow_comfyuis_count_of_free_memory(inprocess_facts):
+    version, facts = inprocess_facts
+    accounting = facts["accounting"]
+    for kind, used in (("sampler", "max_batch"), ("cvvae", "budget")):
+        runs = accounting[kind]
+        for run in runs:  # what the node asked ComfyUI to make room for, and what it then used
+            assert run["asked"]["memory_required"] == run["expected_memory_required"] > 0, (kind, run)
+            if accounting["minimum_supported"]:  # ComfyUI 0.3.x: the least the node can work with
+                assert run["asked"]["minimum"] == run["expected_minimum"] > 0, (kind, run)
+            assert run[used] == run[f"expected_{used}"], (kind, run)
+        assert runs[0][used] != runs[1][used], (kind, runs)  # another free figure, another plan
+    assert [r["max_batch"] for r in accounting["sampler"]] == [accounting["rows"], 2]
+    assert accounting["minimum_supported"] == (version != "2024")

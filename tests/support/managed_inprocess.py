@@ -226,7 +226,87 @@ def run_checks(comfy_root: Path, work: Path) -> dict:
     facts["cvvae"]["lowvram_same"] = bool(all(torch.equal(a, b) for a, b in zip(streamed, roundtrip(vae_plain,
                                                                                                    "manual"))))
     vae.unpatch_model(vae.offload_device)
+    mm.unload_all_models()
+    facts["accounting"] = accounting_checks(mm, node, base, vae, images)
     return facts
+
+
+def accounting_checks(mm, node, cvd_model, vae, images) -> dict:
+    """``max_batch = 0`` and CV-VAE ``auto`` tiles are sized from ComfyUI's count of free memory.
+
+    ``load_models_gpu`` is spied on (what each node asks ComfyUI to make room for) and, only after it
+    returned, ``get_free_memory`` answers a chosen figure: the rows per denoiser call and the tile budget
+    the nodes then use must follow that figure (two figures, two different plans), as the core's own
+    formulas compute them from it. ComfyUI's loading itself sees its real accounting.
+    """
+    import functools
+    import inspect
+
+    import torch
+    from cvd_core.camera import make_preset_rig
+    from cvd_core.cvvae import memory_estimate, usable_bytes
+    from cvd_core.sampling.batching import estimate_max_batch, estimate_row_bytes
+
+    sampling, vae_nodes = node("sampling"), node("vae")
+    real_load, real_free = mm.load_models_gpu, mm.get_free_memory
+    figure, asked, used = {"bytes": 0}, [], []
+
+    def reported_free(dev=None, torch_free_too=False):
+        return real_free(dev, torch_free_too) if torch_free_too else figure["bytes"]
+
+    @functools.wraps(real_load)  # keeps the signature: the pack checks it for minimum_memory_required
+    def load_models_gpu(models, memory_required=0, *args, **kwargs):
+        asked.append({"memory_required": int(memory_required), "minimum": kwargs.get("minimum_memory_required")})
+        mm.get_free_memory = real_free
+        try:
+            return real_load(models, memory_required, *args, **kwargs)
+        finally:
+            mm.get_free_memory = reported_free
+
+    def spy(module, name, record):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            used.append(record(args, kwargs))
+            return real(*args, **kwargs)
+        setattr(module, name, wrapper)
+        return real
+
+    real_sample = spy(sampling, "sample_multiview", lambda a, k: {"max_batch": k["max_batch"]})
+    real_encode = spy(vae_nodes, "encode_video",
+                      lambda a, k: {"budget": k["memory_budget"], "shape": list(a[1].shape), "tiling": k["tiling"]})
+    mm.load_models_gpu, mm.get_free_memory = load_models_gpu, reported_free
+    views, rig = 3, make_preset_rig("circle", 3, FRAMES, SIZE, SIZE)
+    module = cvd_model.model
+    rows = sampling.rows_needed(rig, "random", 7, 1, 1, False)
+    per_row = estimate_row_bytes(sampling._view_shape(rig), module.dtype)
+    out = {"sampler": [], "cvvae": [], "rows": rows}
+    try:
+        for free in (1 << 40, 3 * per_row):  # everything fits / only the smallest call (2 rows) fits
+            figure["bytes"] = free
+            asked.clear(), used.clear()
+            sampling.SAMPLER.run(cvd_model=cvd_model, cameras=rig, positive=_conditioning(1), negative=_conditioning(2),
+                                 seed=7, steps=1, cfg=1.0, scheduler="ddim", strategy="random", recurrence=1,
+                                 max_batch=0, denoise=1.0)
+            wanted, least = sampling.memory_need(rig, rows, 0, module.dtype)
+            out["sampler"].append({
+                "free": free, "max_batch": used[0]["max_batch"],
+                "expected_max_batch": estimate_max_batch(sampling._view_shape(rig), free, rows, views, module.dtype),
+                "asked": asked[0], "expected_memory_required": wanted, "expected_minimum": least})
+        for free in (1 << 40, 1):  # whole frames / the smallest tiles
+            figure["bytes"] = free
+            asked.clear(), used.clear()
+            vae_nodes.ENCODE.run(cvvae=vae, images=images, views=1, pad_frames=False, tiling="auto", tile_size=0,
+                                 tile_overlap=0.25, temporal_chunk=0)
+            need, least = memory_estimate(vae.model, used[0]["shape"], "encode", used[0]["tiling"])
+            out["cvvae"].append({"free": free, "budget": used[0]["budget"],
+                                 "expected_budget": usable_bytes(free, torch.device(vae.load_device)),
+                                 "asked": asked[0], "expected_memory_required": need, "expected_minimum": least})
+    finally:
+        mm.load_models_gpu, mm.get_free_memory = real_load, real_free
+        sampling.sample_multiview, vae_nodes.encode_video = real_sample, real_encode
+    out["minimum_supported"] = "minimum_memory_required" in inspect.signature(real_load).parameters
+    return out
 
 
 def main(argv) -> int:
