@@ -92,7 +92,7 @@ def test_widget_orders_are_as_reported():
     assert widgets == {
         "CVD_SaveMultiViewVideo": ["views", "filename_prefix", "fps", "format", "quality", "save_grid"],
         "CVD_PreviewMultiView": ["views", "fps", "format"],
-        "CVD_MultiViewConsistency": ["detector", "max_frames", "ransac_thresh"],
+        "CVD_MultiViewConsistency": ["detector", "max_frames", "ransac_thresh", "pose_estimator"],
     }
     save = build_v1(output.SAVE_MULTIVIEW_VIDEO)
     assert save.OUTPUT_NODE and save.RETURN_TYPES == ()
@@ -118,8 +118,14 @@ def test_save_writes_views_grid_and_poster_with_the_ui_contract(comfy_dirs):
     assert (summary["grid"]["width"], summary["grid"]["height"]) == (2 * SIZE, SIZE)  # 2 views: 1 x 2 tiles
     assert (summary["fps"], summary["frames"], summary["width"], summary["height"]) == (8.0, FRAMES, SIZE, SIZE)
     assert CameraSet.from_dict(summary["cameras"]) == _rig()
-    assert _all_files(out) == ["cvd/test_00001_grid.mp4", "cvd/test_00001_poster.png", "cvd/test_00001_v0.mp4",
-                               "cvd/test_00001_v1.mp4"]
+    assert _all_files(out) == ["cvd/test_00001_cameras.json", "cvd/test_00001_grid.mp4", "cvd/test_00001_poster.png",
+                               "cvd/test_00001_v0.mp4", "cvd/test_00001_v1.mp4"]
+    assert summary["cameras_file"] == {"filename": "test_00001_cameras.json", "subfolder": "cvd", "type": "output"}
+    sidecar = json.loads((out / "cvd" / "test_00001_cameras.json").read_text())
+    assert sidecar["format"] == "cvd_multiview_save/1" and (sidecar["fps"], sidecar["frames"]) == (8.0, FRAMES)
+    assert [(v["view"], v["label"], v["filename"]) for v in sidecar["views"]] == [
+        (0, "left", "test_00001_v0.mp4"), (1, "right", "test_00001_v1.mp4")]
+    assert sidecar["grid"] == "test_00001_grid.mp4" and CameraSet.from_dict(sidecar["cameras"]) == _rig()
     with av.open(str(out / "cvd" / "test_00001_v0.mp4")) as container:
         decoded = list(container.decode(video=0))
     assert len(decoded) == FRAMES and (decoded[0].width, decoded[0].height) == (SIZE, SIZE)
@@ -136,7 +142,7 @@ def test_counter_advances_and_metadata_can_be_disabled(comfy_dirs, monkeypatch):
     monkeypatch.setattr(_comfy, "metadata_disabled", lambda: True)
     second = _save(save_grid=False, format="webm")
     (summary,) = second.ui["cvd_multiview"]
-    assert summary["grid"] is None
+    assert summary["grid"] is None and summary["cameras_file"] is None  # no cameras: no sidecar
     assert [v["filename"] for v in summary["views"]] == ["test_00002_v0.webm", "test_00002_v1.webm"]
     assert "prompt" not in read_video_metadata(str(out / "cvd" / "test_00002_v0.webm"))
     assert "prompt" in read_video_metadata(str(out / "cvd" / "test_00001_v0.mp4"))
@@ -144,13 +150,16 @@ def test_counter_advances_and_metadata_can_be_disabled(comfy_dirs, monkeypatch):
 
 def test_png_format_points_at_frame_zero_with_a_pattern(comfy_dirs):
     out, _ = comfy_dirs
-    (summary,) = _save(format="png").ui["cvd_multiview"]
+    (summary,) = _save(format="png", cameras=_rig()).ui["cvd_multiview"]
     view = summary["views"][0]
     assert (view["filename"], view["subfolder"], view["pattern"]) == ("frame_00000.png", "cvd/test_00001_v0",
                                                                       "frame_%05d.png")
     for k in range(FRAMES):
         assert (out / view["subfolder"] / (view["pattern"] % k)).is_file()
     assert summary["grid"]["subfolder"] == "cvd/test_00001_grid"
+    sidecar = json.loads((out / "cvd" / "test_00001_cameras.json").read_text())
+    assert sidecar["views"][1] == {"view": 1, "label": "right", "filename": "test_00001_v1", "format": "png",
+                                   "pattern": "frame_%05d.png"}
 
 
 def test_views_default_and_count_rules(comfy_dirs):
@@ -190,6 +199,9 @@ def test_preview_goes_to_temp_without_metadata(comfy_dirs):
     assert summary["fps"] == 12.0 and summary["cameras"] is None
     assert [v["label"] for v in summary["views"]] == ["view 0", "view 1"]
     assert _all_files(out) == []
+    with_cameras = output._run_preview(images=_images(), views=VIEWS, fps=12.0, format="mp4", cameras=_rig())
+    assert with_cameras.ui["cvd_multiview"][0]["cameras_file"] is None  # previews keep no sidecar
+    assert not [name for name in _all_files(temp) if name.endswith(".json")]
     path = temp / summary["views"][0]["subfolder"] / summary["views"][0]["filename"]
     assert path.is_file() and "prompt" not in read_video_metadata(str(path))
 
@@ -201,11 +213,11 @@ cv2 = pytest.importorskip("cv2")
 
 @pytest.fixture(scope="module")
 def synthetic():
-    from tests.core.synthetic_scene import make_rig, make_scene, render_rig
+    from tests.core.synthetic_scene import make_rig, make_scene, render_rig, to_pack_convention
 
     K, c2w = make_rig(3, 3, 64, 64)
     frames = render_rig(make_scene(seed=1), K, c2w, 64, 64)
-    return torch.from_numpy(frames.reshape(-1, 64, 64, 3)), K, c2w
+    return torch.from_numpy(frames.reshape(-1, 64, 64, 3)), to_pack_convention(K), c2w
 
 
 def _consistency(images, cameras, **overrides):
@@ -226,7 +238,7 @@ def test_consistency_on_true_rig_vs_shuffled_views(synthetic, no_preview_files):
     text, plot = good.values
     report = json.loads(text)
     assert report["labels"] == ["a", "b", "c"] and report["intrinsics_rescaled_from"] is None
-    assert len(report["pairs"]) == 3 and plot.shape == (1, 384, 768, 3) and plot.dtype == torch.float32
+    assert len(report["pairs"]) == 3 and plot.shape == (1, 768, 768, 3) and plot.dtype == torch.float32
     assert good.ui["text"][0].startswith("multi-view consistency (sift")
     assert good.ui["cvd_consistency"] == [report] and good.ui["images"] == []
     shuffled_images = images.reshape(3, 3, 64, 64, 3)[[0, 2, 1]].reshape(-1, 64, 64, 3)
