@@ -21,7 +21,8 @@ Each mode runs in a fresh server (no ``--cpu`` on a GPU):
 
 Printed and written to ``DIR/memory_check.json`` and ``DIR/memory_check.md``: per phase torch's
 allocated / reserved / peak bytes in the server process, ComfyUI's free memory, the CVD model's loaded
-bytes against its size, low-VRAM state, and each job's seconds.
+bytes against its size, low-VRAM state, the weight, patch and backup bytes behind the model and its patched
+copies (one weight set: a copy costs its patches), and each job's seconds.
 """
 
 from __future__ import annotations
@@ -165,7 +166,11 @@ def phase(report: dict) -> dict:
             "cvd_size_mb": None if size is None else size / MB, "cvd_lowvram": bool(cvd and cvd["lowvram"]),
             "pack_weights_on_device_mb": {d: b / MB for d, b in report["pack_weights"]["weight_bytes_by_device"].items()},
             "loaded_models": [(m["class"], m["load_device"], round(m["loaded_bytes"] / MB, 1))
-                              for m in report["loaded_models"]]}
+                              for m in report["loaded_models"]],
+            # per module: the model and its patched copies, their one weight set, the patches and ComfyUI's backups
+            "pack_modules": [{"kind": g["pack_kind"], "patchers": g["patchers"], "weight_mb": g["weight_bytes"] / MB,
+                              "patch_mb": g["patch_bytes"] / MB, "backup_mb": g["backup_bytes"] / MB}
+                             for g in report["pack_modules"]]}
 
 
 def during(snapshots: list) -> dict:
