@@ -208,7 +208,6 @@ def main() -> None:
     from cvd_core.parallel.recipe import file_ref, make_recipe
 
     devices = [str(d) for d in parse_devices(args.devices).devices] or ["cpu", "cpu"]
-    on_gpu = devices[0].startswith("cuda")
     workdir = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     models = workdir / "models"
     paths = write_models(models, args.width)

@@ -42,6 +42,13 @@ def all_schemas() -> Tuple[List[NodeSchema], Dict[str, str]]:
     return schemas, failures
 
 
+def register_routes() -> bool:
+    """The pack's read-only HTTP routes on ComfyUI's server (``GET /cvd/memory``); False outside ComfyUI."""
+    from ._managed import register_routes as register_memory_route
+
+    return register_memory_route()
+
+
 def build_mappings(force_v1: bool = False):
     io = None if force_v1 else load_v3_io()
     schemas, _ = all_schemas()

@@ -283,15 +283,6 @@ def resolve_model_entry(name: str, entry: str) -> str:
     raise NodeInputError(f"{entry!r} not found in models/{name}/ ({', '.join(model_folder_paths(name)) or 'no folder registered'})")
 
 
-def free_memory(device) -> None:
-    """Ask ComfyUI to unload other models before a large allocation, where supported."""
-    try:
-        import comfy.model_management as mm
-        mm.soft_empty_cache()
-    except Exception:
-        pass
-
-
 # ------------------------------------------------------------------------------ metadata
 
 def metadata_disabled() -> bool:
@@ -301,13 +292,3 @@ def metadata_disabled() -> bool:
     except Exception:
         return False
     return bool(getattr(args, "disable_metadata", False))
-
-
-def free_memory_bytes(device) -> Optional[int]:
-    """Free memory on ``device`` as ComfyUI's model management counts it (incl. torch's cache);
-    None outside ComfyUI."""
-    try:
-        import comfy.model_management as mm
-        return int(mm.get_free_memory(device))
-    except Exception:
-        return None

@@ -2,13 +2,17 @@
 
 The one place that makes and frees replicas, so that it can follow the model's lifetime rules:
 
-- ``replicas_for(model, devices)``: one denoiser per device. A device the model already computes
-  on uses the model itself (shared weights); any other device gets a replica (``replica_on``),
-  made once per (model, device) and cached. The cache holds no reference to the model: a
-  ``weakref.finalize`` drops the model's replicas when ComfyUI frees the model (its node output
-  leaves the cache, or the workflow changes), and ``free_replicas()`` drops them all.
-- ``model_recipe(model)``: what a ``torch.distributed`` worker needs to rebuild the same model from
-  its own model folders (files by folder and name with their SHA-256, the MCM LoRA chain, the
+- ``replicas_for(value, model, devices)``: one denoiser per device. ``value`` is the socket value
+  (inside ComfyUI a ``ModelPatcher``; its patched clones share one module, so the cache is keyed
+  by the socket value, not the module), ``model`` its module as ComfyUI loaded it for this run
+  (patches applied). A device the model already computes on uses the model itself (shared
+  weights); any other device gets a replica (``replica_on``) of the loaded weights, made once per
+  (value, device) and cached. The cache holds no reference to the value: a ``weakref.finalize``
+  drops its replicas when ComfyUI frees it (its node output leaves the cache, or the workflow
+  changes), and ``free_replicas()`` drops them all. A model ComfyUI loaded only partly (low VRAM:
+  part of it streams from the offload device) cannot be copied whole and is refused.
+- ``model_recipe(value, model)``: what a ``torch.distributed`` worker needs to rebuild the same model
+  from its own model folders (files by folder and name with their SHA-256, the MCM LoRA chain, the
   feature-cache settings, the attention settings and the dtype).
 """
 
@@ -24,6 +28,7 @@ from cvd_core.parallel.recipe import RecipeError, feature_cache_entry, file_ref,
 from cvd_core.parallel.replicas import replica_on
 
 from ._comfy import NodeInputError, resolve_model_entry
+from ._managed import partially_loaded
 
 _REPLICAS: Dict[int, Dict[str, torch.nn.Module]] = {}
 _LOCK = threading.Lock()
@@ -35,7 +40,7 @@ def _forget(key: int) -> None:
         _REPLICAS.pop(key, None)
 
 
-def replicas_for(model, devices) -> List[torch.nn.Module]:
+def replicas_for(value, model, devices) -> List[torch.nn.Module]:
     """The denoiser for each of ``devices`` (the model itself where it already computes)."""
     out = []
     for device in devices:
@@ -43,12 +48,16 @@ def replicas_for(model, devices) -> List[torch.nn.Module]:
         if device == model.device:
             out.append(model)
             continue
-        key = id(model)
+        if partially_loaded(value):
+            raise NodeInputError(f"devices: ComfyUI keeps part of this CVD model off {model.device} (low VRAM mode or "
+                                 f"too little room), so it cannot be copied to {device}; run on one device, or free "
+                                 "memory / start ComfyUI without --lowvram / --novram")
+        key = id(value)
         with _LOCK:
             known = _REPLICAS.get(key)
             if known is None:
                 known = _REPLICAS[key] = {}
-                weakref.finalize(model, _forget, key)
+                weakref.finalize(value, _forget, key)
             replica = known.get(str(device))
         if replica is None:
             replica = replica_on(model, device)  # outside the lock: copying weights takes a while
@@ -58,10 +67,10 @@ def replicas_for(model, devices) -> List[torch.nn.Module]:
     return out
 
 
-def cached_replicas(model) -> List[str]:
-    """Devices that hold a replica of ``model`` now (for tests and diagnostics)."""
+def cached_replicas(value) -> List[str]:
+    """Devices that hold a replica of the socket value ``value`` now (for tests and diagnostics)."""
     with _LOCK:
-        return sorted(_REPLICAS.get(id(model), {}))
+        return sorted(_REPLICAS.get(id(value), {}))
 
 
 def free_replicas() -> None:
@@ -81,8 +90,10 @@ def _lora_ref(name: str) -> dict:
                          "models/loras, so workers cannot be told how to rebuild the model")
 
 
-def model_recipe(model) -> dict:
-    """The recipe of a model from CVD Load Model (+ MCM LoRA Loader / Feature Cache Enhancer)."""
+def model_recipe(value, model=None) -> dict:
+    """The recipe of a model from CVD Load Model (+ MCM LoRA Loader / Feature Cache Enhancer): ``value`` the
+    socket value (it carries the LoRA chain), ``model`` its loaded module (default: ``value`` itself)."""
+    model = value if model is None else model
     entries = getattr(model, "source_entries", None)
     paths = getattr(model, "source_files", {})
     if not entries:
@@ -91,7 +102,7 @@ def model_recipe(model) -> dict:
     try:
         files = {role: file_ref(folder, name, paths[role]) for role, (folder, name) in entries.items()}
         patches = [{"kind": "mcm_lora", "file": _lora_ref(lora["name"]), "strength": float(lora["strength"])}
-                   for lora in getattr(model, "mcm_loras", ())]
+                   for lora in getattr(value, "mcm_loras", ())]
         cache = feature_cache_entry(model.unet)
         if cache is not None:
             patches.append(cache)

@@ -65,23 +65,27 @@ def start_pool_from_environment() -> None:
                   os.environ.get("CVD_DIST_LISTEN"), exc)
 
 
-def executor_for(cvd_model, devices: str):
-    """The row executor for the sampler's ``devices`` input (None = the default single-device path)."""
+def executor_for(cvd_model, model, devices: str):
+    """The row executor for the sampler's ``devices`` input (None = the default single-device path).
+
+    ``cvd_model``: the socket value (a ComfyUI ``ModelPatcher`` inside ComfyUI, which names the replicas'
+    cache and carries the MCM LoRA chain); ``model``: its module as ComfyUI loaded it for this run
+    (``_managed.compute_model``), which replicas copy, patches applied."""
     try:
         plan = parse_devices(devices)
     except DeviceSpecError as exc:
         raise NodeInputError(f"devices: {exc}") from None
-    local = plan.local_devices(cvd_model.device)
+    local = plan.local_devices(model.device)
     if not plan.use_workers:
-        if local == [cvd_model.device]:
+        if local == [model.device]:
             return None
-        return ThreadedExecutor(replicas_for(cvd_model, local))
+        return ThreadedExecutor(replicas_for(cvd_model, model, local))
     pool = worker_pool()
     if pool is None:
         raise NodeInputError("devices: 'workers' needs this ComfyUI started with CVD_DIST_LISTEN=host:port (e.g. "
                              "0.0.0.0:29650) and workers started with python -m cvd_core.parallel.worker; see the "
                              "README section 'Scaling out'")
-    return DistributedExecutor(replicas_for(cvd_model, local), pool, lambda: model_recipe(cvd_model),
+    return DistributedExecutor(replicas_for(cvd_model, model, local), pool, lambda: model_recipe(cvd_model, model),
                                timeout_s=_env_seconds("CVD_DIST_TIMEOUT", 600.0),
                                load_timeout_s=_env_seconds("CVD_DIST_LOAD_TIMEOUT", 600.0),
                                backend=os.environ.get("CVD_DIST_BACKEND") or None)

@@ -6,7 +6,6 @@ all drawing in ``cvd_core.viz``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

@@ -21,6 +21,7 @@ from cvd_core.cvd.network import CACHE_TARGETS, LAYER_OUTPUTS, module_with_featu
 from cvd_core.feature_cache import APPLY_TO, TOKEN_SCOPES, WINDOW_MODES, FeatureCacheConfig, make_unet_patches
 
 from ._comfy import NodeInputError
+from ._managed import is_managed, module_of, patched_clone
 from ._schema import Input, NodeSchema, Output, Result
 
 CATEGORY = "CVD/enhance"
@@ -148,14 +149,22 @@ CACHE_TARGET = Input(
 
 
 def _run_cvd(model, cache_target=LAYER_OUTPUTS, **knobs):
-    unet = getattr(model, "unet", None)
+    unet = getattr(module_of(model), "unet", None)
     if not hasattr(unet, "cache_block_count"):
-        raise NodeInputError(f"expected a CVD_MODEL from CVD Load Model, got {type(model).__name__}")
+        raise NodeInputError(f"expected a CVD_MODEL from CVD Load Model, got {type(module_of(model)).__name__}")
     cfg = _config(**knobs, block_count=unet.cache_block_count())
     try:
-        return Result((module_with_feature_cache(model, cfg, target=cache_target),))
+        if not is_managed(model):
+            return Result((module_with_feature_cache(model, cfg, target=cache_target),))
+        unet.check_feature_cache(cfg, cache_target)
     except (TypeError, ValueError) as exc:
         raise NodeInputError(f"could not attach the feature cache: {exc}") from None
+    # A clone of ComfyUI's patcher with the setting as attribute patches: ComfyUI sets them on the shared
+    # network when it loads this copy and restores them when it loads another.
+    clone = patched_clone(model)
+    clone.add_object_patch("unet.feature_cache", cfg)
+    clone.add_object_patch("unet.feature_cache_target", cache_target)
+    return Result((clone,))
 
 
 def _schema(node_id: str, display: str, model_type: str, model_tooltip: str, run, extra: str,

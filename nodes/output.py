@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import random
 import string
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch

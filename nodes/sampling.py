@@ -30,9 +30,10 @@ from cvd_core.camera import CameraError, pair_fundamentals, plucker_embedding
 from cvd_core.guards import require_finite
 from cvd_core.mcm import MCMScheduler
 from cvd_core.sampling import DDIMScheduler, STRATEGIES, initial_noise, pair_schedule, sample_multiview
-from cvd_core.sampling.batching import estimate_max_batch, rows_per_iteration
+from cvd_core.sampling.batching import estimate_max_batch, estimate_row_bytes, min_rows_per_call, rows_per_iteration
 
-from ._comfy import NodeInputError, free_memory, free_memory_bytes, progress_bar, sd15_latent_preview
+from ._comfy import NodeInputError, progress_bar, sd15_latent_preview
+from ._managed import computing, free_bytes, module_of, out_of_memory_types
 from ._scale_out import executor_for
 from ._schema import Input, NodeSchema, Output, Result
 from .camera import CAMERAS
@@ -149,12 +150,13 @@ def regional_inputs(layout, entity_prompts, rig, width: int):
 # ------------------------------------------------------------------------------ model and cameras
 
 def model_text_width(cvd_model) -> int:
-    return int(cvd_model.unet.unet.config.cross_attention_dim)
+    return int(module_of(cvd_model).unet.unet.config.cross_attention_dim)
 
 
 def model_max_frames(cvd_model) -> int:
     """Frames the motion modules' position encoding covers (32 for AnimateDiff v3)."""
-    lengths = [int(m.pe.shape[1]) for m in cvd_model.modules() if isinstance(getattr(m, "pe", None), torch.Tensor)]
+    lengths = [int(m.pe.shape[1]) for m in module_of(cvd_model).modules()
+               if isinstance(getattr(m, "pe", None), torch.Tensor)]
     return min(lengths) if lengths else 32
 
 
@@ -217,21 +219,40 @@ def _start_latent(latent, rig, seed: int, sched) -> torch.Tensor:
     return sched.add_noise(samples.float().cpu(), noise, 0)
 
 
-def _auto_max_batch(rig, strategy: str, seed: int, steps: int, recurrence: int, use_cfg: bool, cvd_model,
-                    entities: int = 0, executor=None) -> Optional[int]:
-    """Rows per denoiser call from ComfyUI's view of free memory (None: let the core decide).
+def _view_shape(rig):
+    return (LATENT_CHANNELS, rig.n_frames, rig.height // 8, rig.width // 8)
 
-    With several devices every call must fit the tightest one (the split gives each about the
-    same rows)."""
-    devices = [d.device for d in executor.denoisers] if executor is not None else [cvd_model.device]
-    free = [free_memory_bytes(device) for device in devices]
-    if any(f is None for f in free):
-        return None
+
+def rows_needed(rig, strategy: str, seed: int, steps: int, recurrence: int, use_cfg: bool, entities: int = 0) -> int:
+    """Denoiser rows of the widest iteration: all its view pairs and guidance branches in one call."""
     widest = max(len(pair_schedule(rig.n_views, strategy, step, seed, substep=r))
                  for step in range(steps) for r in range(recurrence))
-    rows = rows_per_iteration(widest, (2 if use_cfg else 1) + entities)
-    view_shape = (LATENT_CHANNELS, rig.n_frames, rig.height // 8, rig.width // 8)
-    return min(estimate_max_batch(view_shape, f, rows, rig.n_views, cvd_model.dtype) for f in free)
+    return rows_per_iteration(widest, (2 if use_cfg else 1) + entities)
+
+
+def memory_need(rig, rows: int, max_batch: int, dtype) -> tuple:
+    """``(bytes wanted, least bytes)`` of activations besides the weights: ``max_batch`` rows per call
+    (0 = all ``rows`` at once) and the smallest call that works (one view pair, one branch)."""
+    per_row = estimate_row_bytes(_view_shape(rig), dtype)
+    wanted = rows if max_batch == 0 else min(max_batch, rows)
+    return per_row * wanted, per_row * min_rows_per_call(rig.n_views)
+
+
+def _auto_max_batch(rig, rows: int, model, executor=None) -> Optional[int]:
+    """Rows per denoiser call that fit into what ComfyUI reports free once the model is loaded (and
+    other models offloaded to make room); None outside ComfyUI (the core then measures itself).
+    With several devices every call must fit the tightest one (the split gives each about the same rows)."""
+    devices = [d.device for d in executor.denoisers] if executor is not None else [model.device]
+    free = [free_bytes(device) for device in devices]
+    if any(f is None for f in free):
+        return None
+    return min(estimate_max_batch(_view_shape(rig), f, rows, rig.n_views, model.dtype) for f in free)
+
+
+def _out_of_memory_message(device, max_batch, rows: int, error: str) -> str:
+    return (f"CVD sampling ran out of memory on {device} with {max_batch or rows} of {rows} denoiser rows per call "
+            f"({error}). Lower max_batch (2 is the least), use dtype fp16/bf16, fewer views, frames or pixels, or "
+            "start ComfyUI with --lowvram so the model streams from system RAM")
 
 
 # ------------------------------------------------------------------------------ the node
@@ -239,26 +260,38 @@ def _auto_max_batch(rig, strategy: str, seed: int, steps: int, recurrence: int, 
 def _run_sampler(cvd_model, cameras, positive, negative, seed, steps, cfg, scheduler, strategy, recurrence,
                  max_batch, denoise, latent=None, sigmas=None, layout=None, entity_prompts=None, devices="",
                  unique_id=None):
-    rig = _rig(cameras, cvd_model)
+    module = module_of(cvd_model)
+    rig = _rig(cameras, module)
     sched = make_scheduler(scheduler, steps, denoise, sigmas)
     use_cfg = float(cfg) != 1.0
-    cond, uncond = text_embeddings(positive, negative, rig.n_views, model_text_width(cvd_model), use_cfg)
-    regional = regional_inputs(layout, entity_prompts, rig, model_text_width(cvd_model))
+    cond, uncond = text_embeddings(positive, negative, rig.n_views, model_text_width(module), use_cfg)
+    regional = regional_inputs(layout, entity_prompts, rig, model_text_width(module))
     plucker, fundamentals = camera_inputs(rig)
     start = _start_latent(latent, rig, seed, sched)
-    executor = executor_for(cvd_model, devices)  # after the other checks: replicas may copy weights
-    free_memory(cvd_model.device)
-    if max_batch == 0:
-        max_batch = _auto_max_batch(rig, strategy, seed, len(sched.timesteps), recurrence, use_cfg, cvd_model,
-                                    len(regional or []), executor)
+    rows = rows_needed(rig, strategy, seed, len(sched.timesteps), recurrence, use_cfg, len(regional or []))
+    wanted, least = memory_need(rig, rows, max_batch, module.dtype)
     progress = progress_bar(unique_id)
-    try:
-        samples = sample_multiview(cvd_model, start, cond, uncond, plucker, fundamentals if rig.n_views > 1 else None,
-                                   sched, guidance_scale=float(cfg), strategy=strategy, recurrence=recurrence,
-                                   max_batch=max_batch, seed=seed, progress=progress, regional=regional,
-                                   preview_callback=sd15_latent_preview(progress), executor=executor)
-    except ValueError as exc:
-        raise NodeInputError(str(exc)) from None
+    failure = None
+    # ComfyUI loads the model (offloading others to make room for `wanted`), then max_batch = 0 is sized
+    # from what it reports free.
+    with computing(cvd_model, memory_required=wanted, minimum_memory=least) as model:
+        executor = executor_for(cvd_model, model, devices)  # once loaded: replicas copy the loaded weights
+        if max_batch == 0:
+            max_batch = _auto_max_batch(rig, rows, model, executor)
+        try:
+            samples = sample_multiview(model, start, cond, uncond, plucker,
+                                       fundamentals if rig.n_views > 1 else None, sched, guidance_scale=float(cfg),
+                                       strategy=strategy, recurrence=recurrence, max_batch=max_batch, seed=seed,
+                                       progress=progress, regional=regional,
+                                       preview_callback=sd15_latent_preview(progress), executor=executor)
+        except ValueError as exc:
+            raise NodeInputError(str(exc)) from None
+        except out_of_memory_types() as exc:
+            failure = (type(exc), _out_of_memory_message(model.device, max_batch, rows, str(exc).splitlines()[0]))
+    if failure is not None:
+        # Raised outside the except block (its traceback would keep the tensors alive), as the same type, so
+        # ComfyUI still recognizes an out-of-memory error (it then unloads models and adds its own tips).
+        raise failure[0](failure[1])
     out = {"samples": samples.cpu(), "views": rig.n_views, "cvd_frames": rig.n_frames,
            "cvd_temporal_compression": 1, "cvd_latent_scale": SD_LATENT_SCALE, "cvd_latent_shift": 0.0}
     return Result((out,))

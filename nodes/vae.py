@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from cvd_core.cvvae import TilingConfig, decode_video, encode_video, load_cvvae
+from cvd_core.cvvae import TilingConfig, decode_video, encode_video, load_cvvae, memory_estimate, usable_bytes
 from cvd_core.cvvae.tiling import MIN_TILE_PX
+from cvd_core.dtypes import resolve_dtype
 from cvd_core.guards import precision_hint, require_finite
 
-from ._comfy import (NodeInputError, list_model_entries, progress_bar, register_model_folder,
-                     resolve_model_entry, torch_device)
+from ._comfy import NodeInputError, list_model_entries, progress_bar, register_model_folder, resolve_model_entry
+from ._managed import computing, devices, free_bytes, manage, module_of
 from ._schema import Input, NodeSchema, Output, Result
 
 CATEGORY = "CVD/vae"
@@ -45,12 +46,13 @@ def _run_loader(vae_name, dtype):
     if vae_name == NOTHING_FOUND:
         raise NodeInputError(f"no CV-VAE weights found. {DOWNLOAD_HELP}")
     path = resolve_model_entry(FOLDER, vae_name)
-    device = torch_device()
+    # Weights wait on ComfyUI's VAE offload device; precision is picked for the device that computes.
+    compute_device, offload_device = devices("cvvae")
     try:
-        model = load_cvvae(path, dtype=dtype, device=device)
+        model = load_cvvae(path, dtype=resolve_dtype(dtype, compute_device), device=offload_device)
     except (ValueError, OSError, RuntimeError) as exc:
         raise NodeInputError(f"could not load CV-VAE {vae_name!r}: {exc}") from None
-    return Result((model,))
+    return Result((manage(model, "cvvae"),))
 
 
 LOADER = NodeSchema(
@@ -119,19 +121,32 @@ def _video_to_frames(video: torch.Tensor) -> torch.Tensor:
     return frames.reshape(-1, *frames.shape[2:]).cpu().contiguous()
 
 
+def _coded(cvvae, kind: str, src: torch.Tensor, config: TilingConfig, run):
+    """``run(model, memory_budget)`` with the CV-VAE loaded by ComfyUI, which first makes room for the
+    plan's estimated peak (offloading other models); ``auto`` tiles are then sized from what ComfyUI
+    reports free."""
+    vae = module_of(cvvae)
+    want, least = memory_estimate(vae, src.shape, kind, config)
+    with computing(cvvae, memory_required=want, minimum_memory=least) as model:
+        free = free_bytes(model.device)
+        return run(model, None if free is None else usable_bytes(free, model.device))
+
+
 def _run_encode(cvvae, images, views, pad_frames, tiling, tile_size, tile_overlap, temporal_chunk, unique_id=None):
     require_finite(images, "images", axes=("frame",))
     video = _frames_to_video(images, views)
+    config = _tiling(tiling, tile_size, tile_overlap, temporal_chunk)
     try:
-        posterior = encode_video(cvvae, video, tiling=_tiling(tiling, tile_size, tile_overlap, temporal_chunk),
-                                 pad=pad_frames, progress=progress_bar(unique_id))
+        posterior = _coded(cvvae, "encode", video, config, lambda model, budget: encode_video(
+            model, video, tiling=config, pad=pad_frames, progress=progress_bar(unique_id), memory_budget=budget))
     except ValueError as exc:
         raise NodeInputError(str(exc)) from None
     z = posterior.mode().float().cpu()
-    require_finite(z, "the encoded latent", axes=("view", "channel", "frame"), hint=precision_hint(cvvae.dtype))
-    scaled = (z - cvvae.shift_factor) * cvvae.scaling_factor
+    vae = module_of(cvvae)
+    require_finite(z, "the encoded latent", axes=("view", "channel", "frame"), hint=precision_hint(vae.dtype))
+    scaled = (z - vae.shift_factor) * vae.scaling_factor
     latent = {"samples": scaled, "views": views, "cvd_frames": int(video.shape[2]),
-              "cvd_latent_scale": cvvae.scaling_factor, "cvd_latent_shift": cvvae.shift_factor}
+              "cvd_latent_scale": vae.scaling_factor, "cvd_latent_shift": vae.shift_factor}
     return Result((latent,))
 
 
@@ -164,6 +179,7 @@ def _latent_scale(latent, cvvae):
 
 
 def _run_decode(cvvae, latent, tiling, tile_size, tile_overlap, temporal_chunk, unique_id=None):
+    vae = module_of(cvvae)
     samples = latent["samples"]
     if samples.dim() == 4:
         raise NodeInputError("this is a 4-D image latent [N, C, h, w]; convert it with CVD Image Latents To Latent "
@@ -174,19 +190,21 @@ def _run_decode(cvvae, latent, tiling, tile_size, tile_overlap, temporal_chunk, 
         raise NodeInputError("this latent has one latent frame per video frame (CVD Multi-View Sampler, AnimateDiff), "
                              "not CV-VAE's 4x temporal latents: decode it with CVD Latent Frames To Image Latents -> "
                              "VAE Decode (the SD1.5 VAE)")
-    if samples.shape[1] != cvvae.latent_channels:
+    if samples.shape[1] != vae.latent_channels:
         raise NodeInputError(f"latent has {samples.shape[1]} channels but this CV-VAE expects "
-                             f"{cvvae.latent_channels} (z=4 for SD1.x/2.x, z=16 for SD3)")
+                             f"{vae.latent_channels} (z=4 for SD1.x/2.x, z=16 for SD3)")
     require_finite(samples, "latent", axes=("view", "channel", "frame"),
                    hint="nothing is decoded (the sampler or encoder upstream produced them)")
-    scale, shift = _latent_scale(latent, cvvae)
+    scale, shift = _latent_scale(latent, vae)
     z = samples.float() / scale + shift
+    config = _tiling(tiling, tile_size, tile_overlap, temporal_chunk)
     try:
-        video = decode_video(cvvae, z, tiling=_tiling(tiling, tile_size, tile_overlap, temporal_chunk),
-                             num_frames=latent.get("cvd_frames"), progress=progress_bar(unique_id))
+        video = _coded(cvvae, "decode", z, config, lambda model, budget: decode_video(
+            model, z, tiling=config, num_frames=latent.get("cvd_frames"), progress=progress_bar(unique_id),
+            memory_budget=budget))
     except ValueError as exc:
         raise NodeInputError(str(exc)) from None
-    require_finite(video, "the decoded frames", axes=("view", "channel", "frame"), hint=precision_hint(cvvae.dtype))
+    require_finite(video, "the decoded frames", axes=("view", "channel", "frame"), hint=precision_hint(vae.dtype))
     return Result((_video_to_frames(video),))
 
 

@@ -59,7 +59,6 @@ def test_every_workflow_ships_in_both_formats():
 def test_root_init_imports_outside_a_package(tmp_path):
     """pytest (and other tools) may import the repository root's __init__.py as a plain module when
     the clone's folder name is not an identifier (e.g. 'cvd-multiview'); it must still work."""
-    import importlib.util
     import subprocess
 
     script = ("import importlib.util, sys\n"

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from cvd_core.camera.epipolar import epipolar_attention_bias, token_pixel_centres
+from cvd_core.camera.epipolar import epipolar_attention_bias
 from cvd_core.cvd import CheckpointKeyError, load_cvd_model, resolve_dtype, write_tiny_cvd_files
 from cvd_core.cvd.cvsm import EpiSelfAttention, cross_view_attention
 

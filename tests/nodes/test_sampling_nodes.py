@@ -12,7 +12,6 @@ from safetensors.torch import save_file
 
 from cvd_core.camera import make_preset_rig
 from cvd_core.cvd import load_cvd_model, write_tiny_cvd_files
-from cvd_core.mcm import mcm_timesteps
 from nodes._comfy import NodeInputError
 from nodes._schema import run_checked
 from nodes.mcm import LORA_CVD, SCHEDULER, core_model_patches, merged_copy, schedule_sigmas
@@ -448,3 +447,18 @@ def test_previews_off_or_failing_never_stop_sampling(tiny_model, monkeypatch, ca
     monkeypatch.setattr(sampling, "progress_bar", lambda unique_id=None: _PreviewProgress())
     _stub_comfy_previews(monkeypatch, _StubPreviewer())
     assert torch.equal(_sample(tiny_model, views=2, steps=2, cfg=1.0)["samples"], plain["samples"])
+
+
+def test_out_of_memory_says_what_to_lower_and_stays_an_out_of_memory_error(tiny_model, monkeypatch):
+    import nodes.sampling as sampling
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+    monkeypatch.setattr(sampling, "sample_multiview", exhausted)
+    with pytest.raises(torch.OutOfMemoryError) as caught:  # the type ComfyUI recognizes (it then unloads models)
+        _sample(tiny_model, views=3, max_batch=4)
+    message = str(caught.value)
+    assert "4 of 8 denoiser rows per call" in message  # 3 views: 2 pairs x 2 views x 2 guidance branches and "Tried to allocate 2.00 GiB" in message
+    assert all(hint in message for hint in ("max_batch", "fp16", "--lowvram"))
+    assert caught.value.__context__ is None  # raised outside the except block: the failed call's frames are gone

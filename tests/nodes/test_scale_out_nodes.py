@@ -28,9 +28,9 @@ def tiny(tmp_path_factory):
 
 def test_empty_or_own_device_is_the_old_path_and_cpu_cpu_shares_the_weights(tiny):
     model, _ = tiny
-    assert executor_for(model, "") is None and executor_for(model, None) is None
-    assert executor_for(model, "cpu") is None
-    two = executor_for(model, "cpu,cpu")
+    assert executor_for(model, model, "") is None and executor_for(model, model, None) is None
+    assert executor_for(model, model, "cpu") is None
+    two = executor_for(model, model, "cpu,cpu")
     assert isinstance(two, ThreadedExecutor) and [d.module for d in two.denoisers] == [model, model]
     assert cached_replicas(model) == []  # a replica on the model's own device is the model itself
 
@@ -45,15 +45,15 @@ def test_bad_devices_name_the_input(tiny, devices, message, monkeypatch):
     if devices.startswith("cuda") and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(NodeInputError, match=message):
-        executor_for(tiny[0], devices)
+        executor_for(tiny[0], tiny[0], devices)
 
 
 def test_replicas_are_cached_per_model_and_freed_with_it():
     model = torch.nn.Linear(4, 4)
     model.device = torch.device("cpu")  # what CVDModel reports
-    first = replicas_for(model, ["meta", "cpu"])
+    first = replicas_for(model, model, ["meta", "cpu"])
     assert first[1] is model and first[0].weight.device.type == "meta"
-    assert replicas_for(model, ["meta"])[0] is first[0]  # made once
+    assert replicas_for(model, model, ["meta"])[0] is first[0]  # made once
     assert cached_replicas(model) == ["meta"]
     key = id(model)
     del model, first
