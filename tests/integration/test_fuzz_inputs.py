@@ -253,6 +253,9 @@ def fuzz_cases(info: dict) -> List[Tuple[str, str, str, str, Any, dict]]:
             spec = specs[item.name]
             options = spec[0] if isinstance(spec[0], list) else []
             candidates = hostile_values(item.type, item.name, spec[1] if len(spec) > 1 else {}, options)
+            # the declared default is not hostile: it runs the whole workflow (e.g. devices '' samples)
+            default = getattr(item, "default", None)
+            candidates = [v for v in candidates if not (type(v) is type(default) and v == default)]
             for value in rng.sample(candidates, min(PER_INPUT, len(candidates))):
                 fuzzed = copy.deepcopy(base)
                 fuzzed[node_id]["inputs"][item.name] = value
