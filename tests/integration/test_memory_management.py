@@ -46,8 +46,10 @@ CAMERAS = dict(preset="circle", views=VIEWS, frames=FRAMES, width=SIZE, height=S
 def _prompt(max_batch: int = 0, tile_overlap: float = 0.25) -> dict:
     """CVD loader -> MCM LoRA -> feature cache -> sampler -> SaveLatent, and CV-VAE encode/decode.
 
-    ``max_batch`` 0 and 2 (and ``tile_overlap`` with one whole-frame tile) give the very same computation:
-    changing them makes ComfyUI run the sampler and the encoder again while its cached models stay."""
+    ``max_batch`` 0 and 2 (and ``tile_overlap`` with tiling ``none``) give the very same computation:
+    changing them makes ComfyUI run the sampler and the encoder again while its cached models stay.
+    (Not ``auto``: its tiles follow free memory, which differs between the server and this process on a
+    loaded machine, and differently placed tiles round differently.)"""
     from nodes.camera import CAMERA_TRAJECTORY
 
     cameras = {i.name: i.default for i in CAMERA_TRAJECTORY.inputs if not i.optional}
@@ -69,7 +71,7 @@ def _prompt(max_batch: int = 0, tile_overlap: float = 0.25) -> dict:
         "10": {"class_type": "LoadImage", "inputs": {"image": "moving_shapes_9f.png"}},
         "11": {"class_type": "CVD_CVVAELoader", "inputs": {"vae_name": "vae3d_v1-1", "dtype": "auto"}},
         "12": {"class_type": "CVD_CVVAEEncode", "inputs": {
-            "cvvae": ["11", 0], "images": ["10", 0], "views": 1, "pad_frames": False, "tiling": "auto",
+            "cvvae": ["11", 0], "images": ["10", 0], "views": 1, "pad_frames": False, "tiling": "none",
             "tile_size": 0, "tile_overlap": tile_overlap, "temporal_chunk": 0}},
         "13": {"class_type": "SaveLatent", "inputs": {"samples": ["12", 0], "filename_prefix": "cvd_memory/encoded"}},
     }
@@ -107,7 +109,7 @@ def _reference(server):
         frames = [np.asarray(f.convert("RGB")).astype(np.float32) / 255.0 for f in ImageSequence.Iterator(animation)]
     vae = load_cvvae(str(models / "cvvae" / "vae3d_v1-1"), dtype="fp32", device="cpu")
     encoded = ENCODE.run(cvvae=vae, images=torch.from_numpy(np.stack(frames)), views=1, pad_frames=False,
-                         tiling="auto", tile_size=0, tile_overlap=0.25, temporal_chunk=0).values[0]["samples"]
+                         tiling="none", tile_size=0, tile_overlap=0.25, temporal_chunk=0).values[0]["samples"]
     return sampled, encoded
 
 
