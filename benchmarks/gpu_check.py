@@ -91,6 +91,11 @@ class Check:
                        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "sections": {}}
         self._files = None
         self._model = None
+        if self.device.type == "cuda":
+            # fp32 references are fp32 (cuDNN convolutions default to TF32 on Ampere and later); the
+            # half-precision timings are not affected.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
 
     # -- bookkeeping --------------------------------------------------------------------------
 
@@ -218,7 +223,12 @@ class Check:
         cmd = [sys.executable, "-m", "pytest", *selection, "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
                "-o", "junit_family=xunit2"]
         timeout = max(60.0, min(self.remaining() - 60, 300.0))
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as expired:
+            tail = (expired.stdout or b"")[-2000:]
+            tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+            raise RuntimeError(f"the core tests did not finish within {timeout:.0f} s; output so far:\n{tail}") from None
         result = {"command": " ".join(cmd[2:]), "returncode": proc.returncode, "shared_dir": env.get("CVD_SHARED_DIR"),
                   "output_tail": proc.stdout[-2000:] + proc.stderr[-1000:]}
         result.update(parse_junit(junit))
