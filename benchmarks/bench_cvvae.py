@@ -157,6 +157,25 @@ def median(values):
     return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
+def count_flops(ours, official, frames: int, size: int) -> dict:
+    """Encoder/decoder TFLOP of both implementations (torch's FlopCounterMode on the meta device: no compute)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        mine = type(ours)(**ours.config)
+        theirs = type(official)(**{k: v for k, v in official.config.items() if not k.startswith("_")})
+    z = torch.empty(1, ours.latent_channels, 1 + (frames - 1) // 4, size // 8, size // 8, device="meta")
+    x = torch.empty(1, 3, frames, size, size, device="meta")
+    flops = {}
+    for name, model in (("ours", mine), ("official", theirs)):
+        for part, call in (("encode", lambda: model.encoder(x)), ("decode", lambda: model.decoder(z))):
+            counter = FlopCounterMode(display=False)
+            with torch.no_grad(), counter:
+                call()
+            flops[f"{part}_{name}_tflop"] = round(counter.get_total_flops() / 1e12, 3)
+    return flops
+
+
 def official_comparison(src, frames: int, size: int, repeats: int, device="cpu", dtype=torch.float32,
                         ch: int = 128) -> dict:
     """Ours (default ``auto``) vs the official CVVAEModel from ``src`` (its default chunking/tiling)."""
@@ -185,13 +204,15 @@ def official_comparison(src, frames: int, size: int, repeats: int, device="cpu",
         diff = (outputs[f"{part[:3]}_ours"].float() - outputs[f"{part[:3]}_official"].float()).abs().max().item()
         results[f"{part}_max_abs_diff"] = diff
     results["load_after"] = os.getloadavg()
+    results["flops"] = count_flops(ours, official, frames, size)
     results["notes"] = list(official_code.NOTES)
     return results
 
 
 def print_official(r: dict) -> None:
     print(f"\n## Ours vs official CV-VAE, {r['frames']}x{r['size']}x{r['size']}, {r['device']} {r['dtype']}, "
-          f"{r['params'] / 1e6:.1f} M params, {r['threads']} threads, load {r['load_before']} -> {r['load_after']}\n")
+          f"{r['params'] / 1e6:.1f} M params, {r['threads']} threads, load average "
+          f"{' '.join(f'{v:.1f}' for v in r['load_before'])} -> {' '.join(f'{v:.1f}' for v in r['load_after'])}\n")
     print("| part | ours s (each) | official s (each) | ours median | official median | official / ours | max abs diff |")
     print("|---|---|---|---|---|---|---|")
     for part in ("encode", "decode"):
@@ -199,6 +220,10 @@ def print_official(r: dict) -> None:
         print(f"| {part} | {', '.join(f'{v:.1f}' for v in t['ours'])} | {', '.join(f'{v:.1f}' for v in t['official'])} "
               f"| {median(t['ours']):.2f} | {median(t['official']):.2f} | {r[f'{part}_ratio_official_over_ours']:.2f}x "
               f"| {r[f'{part}_max_abs_diff']:.2e} |")
+    f = r.get("flops", {})
+    if f:
+        print(f"\nFLOPs (FlopCounterMode): encode ours {f['encode_ours_tflop']} / official {f['encode_official_tflop']} "
+              f"TFLOP, decode ours {f['decode_ours_tflop']} / official {f['decode_official_tflop']} TFLOP")
     for note in r["notes"]:
         print(f"- {note}")
 
