@@ -32,7 +32,12 @@ def resolve_dtype(dtype: Union[str, torch.dtype, None], device: Union[str, torch
 
 
 class ParameterPlacement:
-    """``dtype`` and ``device`` of an ``nn.Module`` read from its parameters (the compute dtype/device)."""
+    """``dtype`` and ``device`` of an ``nn.Module`` read from its parameters (the compute dtype/device).
+
+    ``device`` can be set: a memory manager that keeps part of the weights on another device and
+    streams them in (ComfyUI's low-VRAM mode sets ``model.device`` when it loads a model) tells the
+    model where to compute that way; inputs then go there, whatever device the first parameter is on.
+    """
 
     @property
     def dtype(self) -> torch.dtype:
@@ -40,4 +45,9 @@ class ParameterPlacement:
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        placed = self.__dict__.get("_compute_device")
+        return placed if placed is not None else next(self.parameters()).device
+
+    @device.setter
+    def device(self, value) -> None:
+        self.__dict__["_compute_device"] = None if value is None else torch.device(value)

@@ -12,7 +12,8 @@ import logging
 import pkgutil
 from typing import Dict, List, Tuple
 
-from ._schema import NodeSchema, build_node_class, load_v3_io
+from . import _comfy
+from ._schema import NodeSchema, build_node_class, load_v3_io, refuse_wrongly_typed_values
 
 log = logging.getLogger("cvd-multiview")
 
@@ -41,9 +42,19 @@ def all_schemas() -> Tuple[List[NodeSchema], Dict[str, str]]:
     return schemas, failures
 
 
+def register_routes() -> bool:
+    """The pack's read-only HTTP routes on ComfyUI's server (``GET /cvd/memory``); False outside ComfyUI."""
+    from ._managed import register_routes as register_memory_route
+
+    return register_memory_route()
+
+
 def build_mappings(force_v1: bool = False):
     io = None if force_v1 else load_v3_io()
     schemas, _ = all_schemas()
+    by_id = {s.node_id: s for s in schemas}
+    # Wrongly typed widget values are refused before the server converts them (int(3.7) == 3).
+    _comfy.add_prompt_handler("cvd-multiview input types", lambda prompt: refuse_wrongly_typed_values(by_id, prompt))
     classes = {s.node_id: build_node_class(s, io) for s in schemas}
     names = {s.node_id: s.display_name for s in schemas}
     return classes, names

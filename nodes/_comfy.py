@@ -10,6 +10,7 @@ import logging
 import os
 from typing import Callable, List, Optional
 
+from cvd_core.guards import require_finite
 from cvd_core.progress import CallbackProgress, NullProgress, Progress
 from cvd_core.viz import frames_as_grid
 
@@ -18,6 +19,32 @@ LOG = logging.getLogger("cvd_multiview")
 
 class NodeInputError(ValueError):
     """Bad input to a node; the message names the rule that was broken."""
+
+
+_PROMPT_HANDLERS: set = set()  # (id of the server, handler name) already registered
+
+
+def add_prompt_handler(name: str, handler: Callable[[object], None]) -> bool:
+    """Call ``handler(api_prompt)`` on every prompt the running server receives, before it validates
+    anything (``PromptServer.add_on_prompt_handler``, in ComfyUI since 2023); once per server and
+    ``name``, however often the pack is imported. Only inside a running ComfyUI (its ``server`` module
+    is imported before custom nodes load); False elsewhere."""
+    import sys
+
+    instance = getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
+    if instance is None or not hasattr(instance, "add_on_prompt_handler"):
+        return False
+    if (id(instance), name) in _PROMPT_HANDLERS:
+        return True
+
+    def on_prompt(json_data):
+        if isinstance(json_data, dict):
+            handler(json_data.get("prompt"))
+        return json_data
+
+    instance.add_on_prompt_handler(on_prompt)
+    _PROMPT_HANDLERS.add((id(instance), name))
+    return True
 
 
 def comfy_available() -> bool:
@@ -184,6 +211,7 @@ def save_preview_images(images, prefix: str = "cvd_preview") -> list:
     array = np.asarray(images)
     if array.ndim == 3:
         array = array[None]
+    require_finite(array, "preview images", axes=("image",), hint="nothing was written")
     height, width = array.shape[1:3]
     folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(
         prefix, folder_paths.get_temp_directory(), width, height)
@@ -255,15 +283,6 @@ def resolve_model_entry(name: str, entry: str) -> str:
     raise NodeInputError(f"{entry!r} not found in models/{name}/ ({', '.join(model_folder_paths(name)) or 'no folder registered'})")
 
 
-def free_memory(device) -> None:
-    """Ask ComfyUI to unload other models before a large allocation, where supported."""
-    try:
-        import comfy.model_management as mm
-        mm.soft_empty_cache()
-    except Exception:
-        pass
-
-
 # ------------------------------------------------------------------------------ metadata
 
 def metadata_disabled() -> bool:
@@ -273,13 +292,3 @@ def metadata_disabled() -> bool:
     except Exception:
         return False
     return bool(getattr(args, "disable_metadata", False))
-
-
-def free_memory_bytes(device) -> Optional[int]:
-    """Free memory on ``device`` as ComfyUI's model management counts it (incl. torch's cache);
-    None outside ComfyUI."""
-    try:
-        import comfy.model_management as mm
-        return int(mm.get_free_memory(device))
-    except Exception:
-        return None

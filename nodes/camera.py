@@ -6,35 +6,28 @@ all drawing in ``cvd_core.viz``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cvd_core.camera import CameraError, CameraSet, PRESETS, load_realestate10k, make_preset_rig, rig_from_json
+from cvd_core.guards import require_finite
 from cvd_core.viz import render_epipolar_preview, render_rig_preview
 
 from ._comfy import NodeInputError, input_files, resolve_input_file, save_preview_images
-from ._schema import Input, NodeSchema, Output, Result
+from ._schema import Input, NodeSchema, Output, Result, json_problem
 
 CAMERAS = "CVD_CAMERAS"
 CATEGORY = "CVD/camera"
 CUSTOM_PRESET = "custom_json"
 EXAMPLE_POSES_DIR = Path(__file__).resolve().parents[1] / "examples" / "poses"
 EXAMPLE_PREFIX = "examples/"
-SIZE_RULE = dict(min=64, max=2048, step=8)
+SIZE_RULE = dict(min=64, max=2048, step=8, multiple_of=8)  # the VAE works on 8x8 pixel blocks
 
 
 def _as_node_error(exc: Exception) -> NodeInputError:
     return NodeInputError(str(exc))
-
-
-def _check_multiple_of_8(**sizes):
-    for name, value in sizes.items():
-        if isinstance(value, (int, float)) and int(value) % 8 != 0:
-            return f"{name} must be a multiple of 8 (the VAE works on 8x8 pixel blocks), got {value}"
-    return True
 
 
 # ------------------------------------------------------------------------------ CameraTrajectory
@@ -43,9 +36,6 @@ def _run_trajectory(preset, views, frames, width, height, camera_dist, speed, an
                     perturb, perturb_seed, custom_json):
     try:
         if preset == CUSTOM_PRESET:
-            if not custom_json.strip():
-                raise NodeInputError("preset 'custom_json' needs a JSON list of poses in custom_json "
-                                     "(see the README, 'Custom camera JSON')")
             rig = rig_from_json(custom_json, width, height)
         else:
             rig = make_preset_rig(preset, views, frames, width, height, camera_dist=camera_dist, speed=speed,
@@ -54,6 +44,13 @@ def _run_trajectory(preset, views, frames, width, height, camera_dist, speed, an
     except CameraError as exc:
         raise _as_node_error(exc) from None
     return Result((rig,))
+
+
+def _custom_json_rule(preset, custom_json):
+    if preset == CUSTOM_PRESET and not custom_json.strip():
+        return ("custom_json must hold the camera JSON when preset is custom_json (see the README, 'Custom camera "
+                "JSON'), got ''")
+    return json_problem("custom_json", custom_json) if preset == CUSTOM_PRESET else None
 
 
 CAMERA_TRAJECTORY = NodeSchema(
@@ -89,7 +86,7 @@ CAMERA_TRAJECTORY = NodeSchema(
     ],
     outputs=[Output(CAMERAS, "cameras", "The camera rig: intrinsics and poses of every view and frame.")],
     run=_run_trajectory,
-    validate=lambda width, height: _check_multiple_of_8(width=width, height=height),
+    rules=[_custom_json_rule],
 )
 
 
@@ -107,17 +104,6 @@ def _pose_file_path(name: str) -> str:
             raise NodeInputError(f"example pose file {name!r} does not exist")
         return str(path)
     return resolve_input_file(name)
-
-
-def _validate_pose_file(pose_file, width, height):
-    sizes = _check_multiple_of_8(width=width, height=height)
-    if sizes is not True:
-        return sizes
-    try:
-        _pose_file_path(pose_file)
-    except NodeInputError as exc:
-        return str(exc)
-    return True
 
 
 def _run_load_poses(pose_file, frames, stride, width, height, source_width, source_height, cameras=None):
@@ -144,7 +130,9 @@ LOAD_CAMERA_POSES = NodeSchema(
                  "pack's examples. Chain nodes through 'cameras' to build a rig, one file per view."),
     inputs=[
         Input("pose_file", "COMBO", "Pose file: a .txt in ComfyUI's input folder or input/cvd_poses/, or one of "
-              "the pack's examples/.", options=pose_file_choices),
+              "the pack's examples/.", options=pose_file_choices,
+              choices_text="a .txt pose file listed from ComfyUI's input folder (input/ or input/cvd_poses/, "
+                           "upload it there) or the pack's examples/"),
         Input("frames", "INT", "Frames to take from the file (it must have at least frames x stride rows).",
               default=16, min=1, max=1024),
         Input("stride", "INT", "Take every stride-th row (RealEstate10K rows are 30 fps video frames).",
@@ -160,7 +148,6 @@ LOAD_CAMERA_POSES = NodeSchema(
     ],
     outputs=[Output(CAMERAS, "cameras", "The rig with this file's trajectory as its last view.")],
     run=_run_load_poses,
-    validate=_validate_pose_file,
 )
 
 
@@ -206,18 +193,23 @@ def _run_epipolar_preview(cameras, view_a, view_b, frame, grid, images=None):
     for name, index in (("view_a", view_a), ("view_b", view_b)):
         if index >= rig.n_views:
             raise NodeInputError(f"{name} must be below the number of views ({rig.n_views}), got {index}")
-    if view_a == view_b:
-        raise NodeInputError("view_a and view_b must differ: epipolar lines relate two different views")
     if frame >= rig.n_frames:
         raise NodeInputError(f"frame must be below the number of frames ({rig.n_frames}), got {frame}")
     image_a = image_b = None
     if images is not None:
+        require_finite(images, "images", axes=("image",), hint="nothing was drawn")
         per_view = _split_views(images, rig.n_views, rig.n_frames)
         image_a = per_view[view_a, frame].cpu().numpy()
         image_b = per_view[view_b, frame].cpu().numpy()
     picture = render_epipolar_preview(rig, view_a, view_b, frame, image_a=image_a, image_b=image_b, grid=grid)
     ui = {"images": save_preview_images(picture, "cvd_epipolar_preview")}
     return Result((_to_tensor_images(picture[None]),), ui=ui)
+
+
+def _two_views_rule(view_a, view_b):
+    if view_a == view_b:
+        return f"view_b must differ from view_a (epipolar lines relate two different views), got {view_b}"
+    return None
 
 
 EPIPOLAR_PREVIEW = NodeSchema(
@@ -239,6 +231,7 @@ EPIPOLAR_PREVIEW = NodeSchema(
     ],
     outputs=[Output("IMAGE", "image", "View A with sample points beside view B with their epipolar lines.")],
     run=_run_epipolar_preview,
+    rules=[_two_views_rule],
     is_output_node=True,
 )
 

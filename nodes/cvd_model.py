@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 
 from cvd_core.cvd import CheckpointKeyError, load_cvd_model
+from cvd_core.dtypes import resolve_dtype
 
-from ._comfy import NodeInputError, list_model_entries, register_model_folder, resolve_model_entry, torch_device
+from ._comfy import NodeInputError, list_model_entries, register_model_folder, resolve_model_entry
+from ._managed import describe as describe_memory
+from ._managed import devices, manage, module_of
 from ._schema import Input, NodeSchema, Output, Result
 
 CATEGORY = "CVD/model"
@@ -59,14 +62,22 @@ def _run_loader(checkpoint, motion_module, adapter, adapter_scale, cameractrl, c
                  adapter=_path("animatediff_models", adapter, "AnimateDiff v3 adapter"),
                  cameractrl=_path("cvd", cameractrl, "CameraCtrl checkpoint"),
                  cvd=_path("cvd", cvd, "CVD checkpoint"))
+    # The weights stay on ComfyUI's offload device until a node computes (building a workflow fills no
+    # VRAM); the precision is chosen for the device that will compute.
+    compute_device, offload_device = devices("cvd_model")
     try:
         model = load_cvd_model(unet=paths["unet"], motion_module=paths["motion_module"], cameractrl=paths["cameractrl"],
-                               cvd=paths["cvd"], adapter=paths["adapter"], adapter_scale=adapter_scale, dtype=dtype,
-                               device=torch_device())
+                               cvd=paths["cvd"], adapter=paths["adapter"], adapter_scale=adapter_scale,
+                               dtype=resolve_dtype(dtype, compute_device), device=offload_device)
     except (CheckpointKeyError, ValueError, KeyError, OSError, RuntimeError) as exc:
         raise NodeInputError(f"could not load the CVD model: {exc}") from None
     model.source_files = {k: v for k, v in paths.items() if v is not None}
-    return Result((model,))
+    # folder and entry of every file, so torch.distributed workers can find the same files (nodes/_replicas.py)
+    model.source_entries = {role: (folder, name) for role, folder, name in
+                            (("unet", "checkpoints", checkpoint), ("motion_module", "animatediff_models", motion_module),
+                             ("adapter", "animatediff_models", adapter), ("cameractrl", "cvd", cameractrl),
+                             ("cvd", "cvd", cvd)) if paths[role] is not None}
+    return Result((manage(model, "cvd_model"),))
 
 
 LOADER = NodeSchema(
@@ -76,7 +87,9 @@ LOADER = NodeSchema(
     description=("Loads the Collaborative Video Diffusion backbone from the official files, unchanged: an SD1.5 "
                  "checkpoint, the AnimateDiff v3 motion module (and optionally its adapter LoRA, fused at load), "
                  "CameraCtrl's pose encoder and CVD's cross-view synchronization modules. With cvd = none you get "
-                 "plain CameraCtrl (one camera-controlled video per view, no cross-view attention)."),
+                 "plain CameraCtrl (one camera-controlled video per view, no cross-view attention). ComfyUI's model "
+                 "management holds the weights like its own models: in system RAM until a node computes, offloaded "
+                 "or streamed when VRAM is short, released by Unload models / POST /free."),
     inputs=[
         Input("checkpoint", "COMBO", "SD1.5 checkpoint from models/checkpoints (single file, .safetensors or .ckpt).",
               options=_choices("checkpoints")),
@@ -99,15 +112,17 @@ LOADER = NodeSchema(
 )
 
 
-def describe_model(model) -> dict:
+def describe_model(cvd_model) -> dict:
+    model = module_of(cvd_model)
     counts = model.parameter_counts()
     return {
         "files": getattr(model, "source_files", {}),
         "dtype": str(model.dtype).replace("torch.", ""),
-        "device": str(model.device),
+        "device": str(next(model.parameters()).device),
         "parameters": counts,
         "total_parameters": sum(counts.values()),
         "cross_view_modules": counts.get("cvsm", 0) > 0,
+        "memory": describe_memory(cvd_model),
         "load_report": {role: {k: v for k, v in entry.items() if k != "kept_as_built" or v}
                         for role, entry in model.load_report.items()},
     }
@@ -123,7 +138,8 @@ INFO = NodeSchema(
     display_name="CVD Model Info",
     category=CATEGORY,
     description=("What the CVD loader loaded: files, parameter counts per part (SD1.5 UNet, motion modules, "
-                 "pose encoder and adaptor, cross-view modules), dtype, device, and the key report of every file."),
+                 "pose encoder and adaptor, cross-view modules), dtype, device, where ComfyUI holds the weights now "
+                 "(memory), and the key report of every file."),
     inputs=[Input("cvd_model", CVD_MODEL, "The model from CVD Load Model.")],
     outputs=[Output("STRING", "info", "A JSON description of the model.")],
     run=_run_info,

@@ -21,6 +21,7 @@ from cvd_core.cvd.network import CACHE_TARGETS, LAYER_OUTPUTS, module_with_featu
 from cvd_core.feature_cache import APPLY_TO, TOKEN_SCOPES, WINDOW_MODES, FeatureCacheConfig, make_unet_patches
 
 from ._comfy import NodeInputError
+from ._managed import is_managed, module_of, patched_clone
 from ._schema import Input, NodeSchema, Output, Result
 
 CATEGORY = "CVD/enhance"
@@ -94,14 +95,19 @@ def _config(strength, window, window_mode, block_start, block_end, start_percent
         raise NodeInputError(f"feature cache settings: {exc}") from None
 
 
-def _validate(block_start, block_end, start_percent, end_percent):
-    if None in (block_start, block_end, start_percent, end_percent):
-        return True  # a linked input (ComfyUI 2024 passes None): checked when the node runs
+def _block_range_rule(block_start, block_end):
     if block_end != -1 and block_end < block_start:
-        return f"block_end must be -1 (through the last block) or >= block_start ({block_start}), got {block_end}"
+        return f"block_end must be -1 (through the last block) or at least block_start ({block_start}), got {block_end}"
+    return None
+
+
+def _schedule_range_rule(start_percent, end_percent):
     if start_percent > end_percent:
-        return f"start_percent ({start_percent}) must not exceed end_percent ({end_percent})"
-    return True
+        return f"start_percent must not exceed end_percent ({end_percent}), got {start_percent}"
+    return None
+
+
+RULES = [_block_range_rule, _schedule_range_rule]
 
 
 # ------------------------------------------------------------------------------ core MODEL
@@ -143,17 +149,25 @@ CACHE_TARGET = Input(
 
 
 def _run_cvd(model, cache_target=LAYER_OUTPUTS, **knobs):
-    unet = getattr(model, "unet", None)
+    unet = getattr(module_of(model), "unet", None)
     if not hasattr(unet, "cache_block_count"):
-        raise NodeInputError(f"expected a CVD_MODEL from CVD Load Model, got {type(model).__name__}")
+        raise NodeInputError(f"expected a CVD_MODEL from CVD Load Model, got {type(module_of(model)).__name__}")
     cfg = _config(**knobs, block_count=unet.cache_block_count())
     try:
-        return Result((module_with_feature_cache(model, cfg, target=cache_target),))
+        if not is_managed(model):
+            return Result((module_with_feature_cache(model, cfg, target=cache_target),))
+        unet.check_feature_cache(cfg, cache_target)
     except (TypeError, ValueError) as exc:
         raise NodeInputError(f"could not attach the feature cache: {exc}") from None
+    # A clone of ComfyUI's patcher with the setting as attribute patches: ComfyUI sets them on the shared
+    # network when it loads this copy and restores them when it loads another.
+    clone = patched_clone(model)
+    clone.add_object_patch("unet.feature_cache", cfg)
+    clone.add_object_patch("unet.feature_cache_target", cache_target)
+    return Result((clone,))
 
 
-def _schema(node_id: str, display: str, model_type: str, model_tooltip: str, run, validate, extra: str,
+def _schema(node_id: str, display: str, model_type: str, model_tooltip: str, run, extra: str,
             more_inputs=()):
     return NodeSchema(
         node_id=node_id,
@@ -163,18 +177,18 @@ def _schema(node_id: str, display: str, model_type: str, model_tooltip: str, run
         inputs=_inputs(model_type, model_tooltip) + list(more_inputs),
         outputs=[Output(model_type, "model", "The model with the feature cache (a patched copy).")],
         run=run,
-        validate=validate,
+        rules=RULES,
     )
 
 
 ENHANCER = _schema(
     "CVD_FeatureCacheEnhancer", "CVD Feature Cache Enhancer (RepVideo)", "MODEL",
-    "A core ComfyUI MODEL with an SD-family UNet (SD1.x, SD2.x, SDXL).", _run_model, _validate,
+    "A core ComfyUI MODEL with an SD-family UNet (SD1.x, SD2.x, SDXL).", _run_model,
     " Chain it before any sampler (KSampler, SamplerCustom); two enhancers can be chained.")
 
 ENHANCER_CVD = _schema(
     "CVD_FeatureCacheEnhancerCVD", "CVD Feature Cache Enhancer (RepVideo, CVD model)", CVD_MODEL,
-    "The CVD backbone from CVD Load Model.", _run_cvd, _validate,
+    "The CVD backbone from CVD Load Model.", _run_cvd,
     " On the CVD backbone a layer is resnet + spatial attention + motion module + cross-view module, and the "
     "schedule fraction is read from the DDPM timestep (1000 steps). apply_to picks rows of the CVD sampler's "
     "batches (regional entity rows count as cond). cache_target = motion_modules caches only the temporal "

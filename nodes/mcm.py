@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Dict, List, Mapping, Tuple
+import math
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from cvd_core.mcm import (BASE_BETA_SCHEDULES, MergeReport, animatediff_path_map, load_peft_adapter, lora_deltas,
-                          mcm_sigmas, mcm_timesteps, merge_lora_into_module)
+from cvd_core.mcm import (BASE_BETA_SCHEDULES, LoRAFactors, MergeReport, animatediff_path_map, load_peft_adapter,
+                          lora_factors, lora_targets, mcm_sigmas, mcm_timesteps, merge_lora_into_module, merged_weight)
 
 from ._comfy import NodeInputError, list_model_entries, model_folder_paths, register_model_folder, resolve_model_entry
+from ._managed import is_managed, module_of, patched_clone
 from ._schema import Input, NodeSchema, Output, Result
 from .cvd_model import CVD_MODEL
 
@@ -106,6 +108,11 @@ def adapter_choices() -> List[str]:
 
 def read_adapter(lora_name: str) -> Dict[str, torch.Tensor]:
     """Deltas ``{diffusers module path: tensor}`` of the adapter ``lora_name`` (alpha/r folded in)."""
+    return {path: f.delta(path) for path, f in read_adapter_factors(lora_name).items()}
+
+
+def read_adapter_factors(lora_name: str) -> Dict[str, LoRAFactors]:
+    """The low-rank factors ``{diffusers module path: LoRAFactors}`` of the adapter ``lora_name``."""
     if lora_name == NOTHING_FOUND:
         raise NodeInputError(f"no MCM adapter found. {DOWNLOAD_HELP}")
     path = None
@@ -120,7 +127,7 @@ def read_adapter(lora_name: str) -> Dict[str, torch.Tensor]:
         raise NodeInputError(f"{lora_name!r} not found in models/mcm or models/loras ({searched}). {DOWNLOAD_HELP}")
     try:
         state_dict, config = load_peft_adapter(path)
-        return lora_deltas(state_dict, config)
+        return lora_factors(state_dict, config)
     except (ValueError, OSError, RuntimeError, json.JSONDecodeError) as exc:
         raise NodeInputError(f"could not read the adapter {lora_name!r}: {exc}") from None
 
@@ -163,12 +170,69 @@ def merged_copy(cvd_model, deltas: Mapping[str, torch.Tensor], strength: float):
     return model, report
 
 
+def _comfy_alpha(scale: float, rank: int) -> Optional[float]:
+    """An ``alpha`` for which ComfyUI's ``alpha / rank`` is exactly ``scale`` (None if no double is)."""
+    first = scale * rank
+    for alpha in (first, math.nextafter(first, math.inf), math.nextafter(first, -math.inf)):
+        if alpha / rank == scale:
+            return alpha
+    return None
+
+
+def lora_patches(factors: Mapping[str, LoRAFactors], targets: Mapping[str, str], prefix: str) -> Dict[str, object]:
+    """ComfyUI weight patches ``{state-dict key: patch}`` in the running ComfyUI's own LoRA format.
+
+    Built by ComfyUI's LoRA reader (``comfy.lora.load_lora``) from the few-rank factors, so the patch
+    keeps ``up``/``down`` only (not a full-size delta) and ComfyUI computes
+    ``W + strength * (alpha / rank) * (up @ down)`` when it loads the weights: at strength 1 that is
+    bit for bit :func:`merged_copy`'s ``W + strength * ((up @ down) * scale)``; at other strengths the
+    two products round differently in the last bit. A module whose scale no ``alpha / rank`` matches
+    exactly keeps a full delta ("diff" patch).
+    """
+    import comfy.lora
+
+    lora, to_load, diffs = {}, {}, {}
+    for path, target in targets.items():
+        f = factors[path]
+        key = f"{prefix}{target}.weight"
+        alpha = _comfy_alpha(f.scale, f.rank)
+        if alpha is None:
+            diffs[key] = ("diff", (f.delta(path),))
+            continue
+        lora[f"{path}.lora_up.weight"] = f.up
+        lora[f"{path}.lora_down.weight"] = f.down
+        lora[f"{path}.alpha"] = torch.tensor(alpha, dtype=torch.float64)
+        to_load[path] = key
+    patches = comfy.lora.load_lora(lora, to_load)
+    patches.update(diffs)
+    return patches
+
+
+def lora_patched_copy(cvd_model, factors: Mapping[str, LoRAFactors], strength: float):
+    """A clone of a managed CVD model with the LoRA as ComfyUI weight patches (the weights stay shared)."""
+    root = module_of(cvd_model).unet.unet
+    targets, report = lora_targets(root, {p: f.delta_shape for p, f in factors.items()}, animatediff_path_map)
+    for path, target in targets.items():  # ComfyUI merges when it loads the model: refuse non-finite sums now
+        merged_weight(root.get_submodule(target).weight, factors[path].delta(path), strength, target)
+    patches = lora_patches(factors, targets, prefix="unet.unet.")
+    clone = patched_clone(cvd_model)
+    added = clone.add_patches(patches, strength)
+    missing = sorted(set(patches) - set(added))
+    if missing:
+        raise NodeInputError(f"ComfyUI did not accept the LoRA patch for {missing[0]} (and {len(missing) - 1} more)")
+    return clone, report
+
+
 def _run_lora_cvd(cvd_model, lora_name, strength):
-    deltas = read_adapter(lora_name)
-    model, report = merged_copy(cvd_model, deltas, strength)
+    factors = read_adapter_factors(lora_name)
+    if is_managed(cvd_model):
+        model, report = lora_patched_copy(cvd_model, factors, strength)
+    else:
+        model, report = merged_copy(cvd_model, {p: f.delta(p) for p, f in factors.items()}, strength)
     _require_applied(report, lora_name, "CVD model")
-    model.mcm_lora = {"name": lora_name, "strength": strength, "applied": len(report.applied),
-                      "skipped": len(report.skipped)}
+    # every merge in order (chained loaders), so torch.distributed workers rebuild the same weights; on the
+    # socket value (a patched clone shares its module with the unpatched model)
+    model.mcm_loras = list(getattr(cvd_model, "mcm_loras", ())) + [{"name": lora_name, "strength": strength}]
     text = _report_text(report, "CVD model")
     return Result((model, text), ui={"text": [text]})
 
@@ -179,7 +243,9 @@ LORA_CVD = NodeSchema(
     category=CATEGORY,
     description=("Merges an MCM LoRA (PEFT adapter from the Hugging Face repo yhzhai/mcm, e.g. animatediff-laion) "
                  "into a copy of the CVD model: the SD1.5 spatial layers and the AnimateDiff motion modules, "
-                 "W += strength x B A x alpha/r. The input model stays unchanged. Reports how many layers were "
+                 "W += strength x B A x alpha/r. The copy shares the weights: it holds the LoRA's low-rank factors as "
+                 "ComfyUI weight patches, applied when ComfyUI loads the model. The input model stays unchanged. "
+                 "Reports how many layers were "
                  "applied and which were skipped (e.g. layers CVD does not have). Then sample with scheduler mcm, "
                  "4 steps, cfg 1."),
     inputs=[
@@ -232,9 +298,11 @@ def _run_lora_model(model, lora_name, strength):
 
     deltas = read_adapter(lora_name)
     mapping = comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)
-    shapes = {k: v.shape for k, v in model.model.state_dict().items()}
-    patches, report = core_model_patches(deltas, mapping, shapes)
+    weights = model.model.state_dict()
+    patches, report = core_model_patches(deltas, mapping, {k: v.shape for k, v in weights.items()})
     _require_applied(report, lora_name, "MODEL")
+    for key, (delta,) in patches.items():  # ComfyUI merges when it loads the model: refuse non-finite sums now
+        merged_weight(weights[key], delta, strength, key)
     patched = model.clone()
     patched.add_patches(patches, strength)
     text = _report_text(report, "MODEL")

@@ -12,10 +12,13 @@ them; the web extension and API users read it from ``/history``)::
                     "frames", "width", "height"}, ...],
          "grid": {same keys, "view": "grid", "label": "grid"} or None,
          "fps": float, "frames": int, "width": int, "height": int,
-         "cameras": CameraSet.to_dict() or None}]}
+         "cameras": CameraSet.to_dict() or None,
+         "cameras_file": {"filename", "subfolder", "type"} or None}]}
 
 Files are named by ComfyUI's counter convention: ``<name>_<counter:05>_v<i>.<ext>``,
-``<name>_<counter:05>_grid.<ext>`` and the poster ``<name>_<counter:05>_poster.png``. For the
+``<name>_<counter:05>_grid.<ext>``, the poster ``<name>_<counter:05>_poster.png`` and, when cameras
+are connected (save node only), ``<name>_<counter:05>_cameras.json``: the rig and the view files it
+belongs to (``format`` ``cvd_multiview_save/1``, read by ``benchmarks/eval_consistency.py``). For the
 ``png`` format every view is a *folder* ``<name>_<counter:05>_v<i>/frame_00000.png ...``; its
 entry then names frame 0 (``filename`` ``frame_00000.png``, ``subfolder`` ending in the folder,
 so ``/view`` serves it) and adds ``"pattern": "frame_%05d.png"``: frame k is
@@ -28,15 +31,17 @@ from __future__ import annotations
 import json
 import random
 import string
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
 
-from cvd_core.camera import CameraError, pair_fundamentals
+from cvd_core.camera import CameraError
 from cvd_core.io import FORMATS, frames_from_image_batch, make_grid_frames, write_multiview
+from cvd_core.guards import require_finite
 from cvd_core.io.atomic import StagedOutputs
-from cvd_core.metrics import DETECTORS, format_consistency_summary, multiview_consistency, render_consistency_plot
+from cvd_core.metrics import (DETECTORS, ESTIMATORS, format_consistency_summary, multiview_report,
+                              render_consistency_plot)
 
 from . import _comfy
 from ._comfy import NodeInputError
@@ -47,6 +52,8 @@ CAMERAS = "CVD_CAMERAS"
 DEFAULT_PREFIX = "cvd/multiview"
 PREVIEW_QUALITY = 80
 PNG_FRAME_PATTERN = "frame_%05d.png"
+CAMERAS_SUFFIX = "_cameras.json"
+CAMERAS_SIDECAR_FORMAT = "cvd_multiview_save/1"
 
 
 # ------------------------------------------------------------------------------ shared helpers
@@ -68,6 +75,7 @@ def _split_views(images: torch.Tensor, views: int, cameras=None):
         frames = frames_from_image_batch(images, count)
     except ValueError as exc:
         raise NodeInputError(f"{exc} (images are view-major: all frames of view 0, then view 1, ...)") from None
+    require_finite(frames, "images", axes=("view", "frame"), hint="nothing was written")
     labels = list(rig.labels) if rig is not None else [f"view {i}" for i in range(count)]
     return frames, labels, rig
 
@@ -112,11 +120,23 @@ def _file_entry(written: dict, label: str, subfolder: str, kind: str) -> dict:
     return entry
 
 
+def _write_cameras_sidecar(path: str, written: list, labels: Sequence[str], rig, n_frames: int) -> None:
+    """``<base>_cameras.json``: the rig and the files it belongs to, so a folder of saved runs can be
+    evaluated or reconstructed later (``benchmarks/eval_consistency.py``). File names are relative
+    to the sidecar's folder; a png "file" is a folder of ``frame_%05d.png``."""
+    views = [{"view": w["view"], "label": labels[w["view"]], "filename": w["filename"], "format": w["format"],
+              **({"pattern": PNG_FRAME_PATTERN} if w["format"] == "png" else {})}
+             for w in written if w["view"] != "grid"]
+    grid = [w["filename"] for w in written if w["view"] == "grid"]
+    sidecar = {"format": CAMERAS_SIDECAR_FORMAT, "fps": float(written[0]["fps"]), "frames": int(n_frames),
+               "views": views, "grid": grid[0] if grid else None, "cameras": rig.to_dict()}
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(sidecar, handle, indent=1, allow_nan=False)
+
+
 def _save_multiview(images, views, cameras, prefix: str, fps, format, quality, save_grid, kind: str,
                     metadata: Dict[str, str], unique_id) -> Result:
     """Write every view (+ grid + poster) under ComfyUI's counter convention; all or nothing."""
-    if format not in FORMATS:
-        raise NodeInputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     frames, labels, rig = _split_views(images, views, cameras)
     n_views, n_frames, height, width, _ = frames.shape
     root = _comfy.output_directory() if kind == "output" else _comfy.temp_directory()
@@ -128,34 +148,44 @@ def _save_multiview(images, views, cameras, prefix: str, fps, format, quality, s
     base = f"{name}_{counter:05}"
     grid_labels = _grid_labels(labels)
     poster_name = f"{base}_poster.png"
+    cameras_name = f"{base}{CAMERAS_SUFFIX}" if rig is not None and kind == "output" else None
     with StagedOutputs(folder) as staged:
         _write_poster(staged.stage(poster_name), frames, grid_labels, metadata)
+        if cameras_name is not None:
+            staged.check_free(cameras_name)  # fail before any encoding work
         try:
             written = write_multiview(frames, folder, lambda key: f"{base}_{key}" if key == "grid" else f"{base}_v{key}",
                                       fps=fps, format=format, quality=quality, labels=grid_labels, metadata=metadata,
                                       write_grid=save_grid, progress=_comfy.progress_bar(unique_id))
         except ValueError as exc:
             raise NodeInputError(str(exc)) from None
+        if cameras_name is not None:
+            _write_cameras_sidecar(staged.stage(cameras_name), written, labels, rig, n_frames)
         staged.commit()
     view_entries = [_file_entry(w, labels[w["view"]], subfolder, kind) for w in written if w["view"] != "grid"]
     grid_entries = [_file_entry(w, "grid", subfolder, kind) for w in written if w["view"] == "grid"]
     summary = {"views": view_entries, "grid": grid_entries[0] if grid_entries else None,
                "fps": float(written[0]["fps"]), "frames": int(n_frames),
                "width": int(view_entries[0]["width"]), "height": int(view_entries[0]["height"]),
-               "cameras": rig.to_dict() if rig is not None else None}
+               "cameras": rig.to_dict() if rig is not None else None,
+               "cameras_file": (None if cameras_name is None else
+                                {"filename": cameras_name, "subfolder": subfolder, "type": kind})}
     poster = {"filename": poster_name, "subfolder": subfolder, "type": kind}
     return Result((), ui={"images": [poster], "cvd_multiview": [summary]})
 
 
-def _check_prefix(filename_prefix):
+def check_prefix(filename_prefix):
     if filename_prefix is None:  # a linked value: checked when the node runs
-        return True
-    text = str(filename_prefix)
+        return None
+    text = str(filename_prefix).replace("\\", "/")
     if not text.strip():
-        return "filename_prefix must not be empty (e.g. cvd/multiview)"
-    if text.startswith(("/", "\\")) or ".." in text.replace("\\", "/").split("/"):
-        return f"filename_prefix must stay inside ComfyUI's output folder (no leading '/', no '..'), got {text!r}"
-    return True
+        return f"filename_prefix must not be empty (e.g. cvd/multiview), got {filename_prefix!r}"
+    if text.startswith("/") or ".." in text.split("/"):
+        return ("filename_prefix must stay inside ComfyUI's output folder (no leading '/', no '..'), "
+                f"got {filename_prefix!r}")
+    if any(ord(c) < 32 for c in text):
+        return f"filename_prefix must be a file name without control characters, got {filename_prefix!r}"
+    return None
 
 
 IMAGES_INPUT = Input("images", "IMAGE", "Frames of all views, view-major: views x frames images (all frames of "
@@ -174,9 +204,6 @@ CAMERAS_INPUT = Input("cameras", CAMERAS, "Optional camera rig of the views: giv
 
 def _run_save(images, views, filename_prefix, fps, format, quality, save_grid, cameras=None, prompt=None,
               extra_pnginfo=None, unique_id=None):
-    problem = _check_prefix(filename_prefix)
-    if problem is not True:
-        raise NodeInputError(problem)
     return _save_multiview(images, views, cameras, filename_prefix, fps, format, quality, save_grid, "output",
                            _metadata(prompt, extra_pnginfo), unique_id)
 
@@ -188,14 +215,17 @@ SAVE_MULTIVIEW_VIDEO = NodeSchema(
     description=("Writes one video per view plus a grid video (views tiled and labelled) into ComfyUI's output "
                  "folder: H.264 mp4, VP9 webm, or PNG frame folders. The prompt and workflow are embedded as "
                  "metadata (unless ComfyUI runs with --disable-metadata). Files appear together or not at all: "
-                 "a cancelled or failed run leaves no partial file. The node shows a poster (frame 0 of the grid) "
-                 "and returns every file under ui/cvd_multiview for the synchronized multi-view player and /history."),
+                 "a cancelled or failed run leaves no partial file. With cameras connected it also writes "
+                 "<prefix>_<counter>_cameras.json (the rig and its view files: what benchmarks/eval_consistency.py "
+                 "reads). The node shows a poster (frame 0 of the grid) and returns every file under ui/cvd_multiview "
+                 "for the synchronized multi-view player and /history."),
     inputs=[
         IMAGES_INPUT,
         VIEWS_INPUT,
         Input("filename_prefix", "STRING", "Output name inside ComfyUI's output folder; may contain subfolders. Files "
-              "are <prefix>_<counter>_v<i>, <prefix>_<counter>_grid and <prefix>_<counter>_poster.png.",
-              default=DEFAULT_PREFIX),
+              "are <prefix>_<counter>_v<i>, <prefix>_<counter>_grid, <prefix>_<counter>_poster.png (and "
+              "<prefix>_<counter>_cameras.json with cameras).",
+              default=DEFAULT_PREFIX, max_length=200),
         FPS_INPUT,
         Input("format", "COMBO", "mp4 = H.264 (plays everywhere), webm = VP9, png = a folder of lossless PNG frames "
               "per view.", default="mp4", options=list(FORMATS)),
@@ -209,7 +239,7 @@ SAVE_MULTIVIEW_VIDEO = NodeSchema(
     run=_run_save,
     is_output_node=True,
     hidden=("prompt", "extra_pnginfo", "unique_id"),
-    validate=_check_prefix,
+    rules=[check_prefix],
 )
 
 
@@ -249,11 +279,11 @@ PREVIEW_MULTIVIEW = NodeSchema(
 
 # ------------------------------------------------------------------------------ MultiViewConsistency
 
-def _rig_for_frames(cameras, images: torch.Tensor):
+def rig_for_frames(cameras, images: torch.Tensor, min_views: int = 2, purpose: str = "consistency compares views"):
     """The rig and the frames ``[V, T, H, W, 3]``; K rescaled when the frames have another size."""
     rig = cameras.as_rig()
-    if rig.n_views < 2:
-        raise NodeInputError(f"consistency compares views, so the cameras need at least 2 views, got {rig.n_views}")
+    if rig.n_views < min_views:
+        raise NodeInputError(f"{purpose}, so the cameras need at least {min_views} views, got {rig.n_views}")
     expected = rig.n_views * rig.n_frames
     if images.dim() != 4 or images.shape[0] != expected:
         raise NodeInputError(f"images must hold views x frames = {rig.n_views} x {rig.n_frames} = {expected} frames "
@@ -269,18 +299,15 @@ def _rig_for_frames(cameras, images: torch.Tensor):
     return rig, frames
 
 
-def _run_consistency(images, cameras, detector, max_frames, ransac_thresh, unique_id=None):
-    if detector not in DETECTORS:
-        raise NodeInputError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
-    rig, frames = _rig_for_frames(cameras, images)
-    pairs = [(i, j) for i in range(rig.n_views) for j in range(i + 1, rig.n_views)]
-    fundamentals = {pair: pair_fundamentals(rig, *pair).numpy() for pair in pairs}
+def _run_consistency(images, cameras, detector, max_frames, ransac_thresh, pose_estimator="usac_accurate",
+                     unique_id=None):
+    rig, frames = rig_for_frames(cameras, images)
     try:
-        report = multiview_consistency(frames, fundamentals, detector=detector, max_frames=max_frames or None,
-                                       ransac_thresh=ransac_thresh, progress=_comfy.progress_bar(unique_id))
+        report = multiview_report(frames, rig, detector=detector, max_frames=max_frames or None,
+                                  ransac_thresh=ransac_thresh, estimator=pose_estimator,
+                                  progress=_comfy.progress_bar(unique_id))
     except ValueError as exc:
         raise NodeInputError(str(exc)) from None
-    report["labels"] = list(rig.labels)
     report["intrinsics_rescaled_from"] = (None if (rig.width, rig.height) == (cameras.width, cameras.height)
                                           else [cameras.width, cameras.height])
     plot = render_consistency_plot(report)
@@ -299,8 +326,11 @@ MULTIVIEW_CONSISTENCY = NodeSchema(
     description=("A number for 'consistent': for every pair of views and evaluated frame, features are matched "
                  "(SIFT or ORB) and scored by the Sampson epipolar error under the rig's KNOWN fundamental matrices "
                  "(pixels; small = the views agree with their cameras) and by the RANSAC inlier ratio (one rigid "
-                 "scene at all). Frame 0 of CVD rigs has no baseline and is excluded from the error. Returns the "
-                 "full JSON report and a per-frame plot."),
+                 "scene at all); plus CVD's paper protocol: the relative pose of each pair estimated from the "
+                 "matches (essential matrix + recoverPose) against the rig, as AUC@5/10/20 degrees of the rotation "
+                 "and translation errors (failures count as infinite error), SuperGlue's precision and matching "
+                 "score, and a Mat.Pix-style matched-pixel count. Frame 0 of CVD rigs (identical cameras) is left "
+                 "out. Returns the full JSON report and a per-frame plot."),
     inputs=[
         IMAGES_INPUT,
         Input("cameras", CAMERAS, "The rig the views were generated with (its view and frame counts must match the "
@@ -311,10 +341,16 @@ MULTIVIEW_CONSISTENCY = NodeSchema(
               "(0 = every frame).", default=8, min=0, max=1024),
         Input("ransac_thresh", "FLOAT", "RANSAC inlier threshold in pixels for the inlier ratio.", default=1.0,
               min=0.1, max=20.0, step=0.1),
+        Input("pose_estimator", "COMBO", "Essential-matrix estimator of the pose protocol: usac_accurate = RANSAC "
+              "with local optimisation (accurate: measures the videos, not the estimator); ransac = plain RANSAC "
+              "as in SuperGlue's evaluation code that CVD's paper used (noisier by a few degrees).",
+              default="usac_accurate", options=list(ESTIMATORS), optional=True),
     ],
     outputs=[Output("STRING", "report", "The report as pretty JSON: per pair and frame matches, inlier ratio and "
-                    "Sampson error (px), plus per-pair and overall summaries."),
-             Output("IMAGE", "plot", "Mean Sampson error per frame and view pair, as an IMAGE.")],
+                    "Sampson error (px); the pose protocol (rotation / translation error per frame, AUC@5/10/20, "
+                    "precision, matching score) and matched-pixel counts; per-pair and overall summaries."),
+             Output("IMAGE", "plot", "Per frame and view pair: mean Sampson error, and the pose protocol's rotation "
+                    "error with its AUCs and the matched-pixel count, as an IMAGE.")],
     run=_run_consistency,
     is_output_node=True,
     hidden=("unique_id",),

@@ -27,11 +27,14 @@ from typing import List, Optional
 import torch
 
 from cvd_core.camera import CameraError, pair_fundamentals, plucker_embedding
+from cvd_core.guards import require_finite
 from cvd_core.mcm import MCMScheduler
 from cvd_core.sampling import DDIMScheduler, STRATEGIES, initial_noise, pair_schedule, sample_multiview
-from cvd_core.sampling.batching import estimate_max_batch, rows_per_iteration
+from cvd_core.sampling.batching import estimate_max_batch, estimate_row_bytes, min_rows_per_call, rows_per_iteration
 
-from ._comfy import NodeInputError, free_memory, free_memory_bytes, progress_bar, sd15_latent_preview
+from ._comfy import NodeInputError, progress_bar, sd15_latent_preview
+from ._managed import computing, free_bytes, module_of, out_of_memory_types
+from ._scale_out import executor_for
 from ._schema import Input, NodeSchema, Output, Result
 from .camera import CAMERAS
 from .cvd_model import CVD_MODEL
@@ -56,6 +59,7 @@ def _conditioning_rows(conditioning, name: str) -> List[torch.Tensor]:
         if not isinstance(tensor, torch.Tensor) or tensor.dim() != 3:
             raise NodeInputError(f"{name}[{index}] must hold a [batch, tokens, width] text embedding, got "
                                  f"{getattr(tensor, 'shape', type(tensor).__name__)}")
+        require_finite(tensor, f"{name}[{index}]", hint="encode the prompt again")
         rows.extend(tensor.float().cpu().unbind(0))
     return rows
 
@@ -129,10 +133,6 @@ def regional_inputs(layout, entity_prompts, rig, width: int):
     """``[(text [1, L, D], mask [V, 1, F, h, w]), ...]`` for ``sample_multiview(regional=...)``, or None."""
     if layout is None and entity_prompts is None:
         return None
-    if layout is None or entity_prompts is None:
-        missing = "layout" if layout is None else "entity_prompts"
-        raise NodeInputError(f"regional prompts need both layout and entity_prompts: connect {missing} too "
-                             "(or disconnect both)")
     masks = _layout_masks(layout, rig)
     rows = _conditioning_rows(entity_prompts, "entity_prompts")
     ids = list(layout.entity_ids)
@@ -150,12 +150,13 @@ def regional_inputs(layout, entity_prompts, rig, width: int):
 # ------------------------------------------------------------------------------ model and cameras
 
 def model_text_width(cvd_model) -> int:
-    return int(cvd_model.unet.unet.config.cross_attention_dim)
+    return int(module_of(cvd_model).unet.unet.config.cross_attention_dim)
 
 
 def model_max_frames(cvd_model) -> int:
     """Frames the motion modules' position encoding covers (32 for AnimateDiff v3)."""
-    lengths = [int(m.pe.shape[1]) for m in cvd_model.modules() if isinstance(getattr(m, "pe", None), torch.Tensor)]
+    lengths = [int(m.pe.shape[1]) for m in module_of(cvd_model).modules()
+               if isinstance(getattr(m, "pe", None), torch.Tensor)]
     return min(lengths) if lengths else 32
 
 
@@ -190,9 +191,6 @@ def camera_inputs(rig):
 def make_scheduler(scheduler: str, steps: int, denoise: float, sigmas=None):
     try:
         if sigmas is not None:
-            if scheduler != "mcm":
-                raise NodeInputError("sigmas (from CVD MCM Scheduler) drive the mcm scheduler: set scheduler to mcm, "
-                                     "or disconnect sigmas to use DDIM")
             values = [float(s) for s in torch.as_tensor(sigmas).flatten()]
             return MCMScheduler.from_sigmas(values)
         if scheduler == "mcm":
@@ -214,63 +212,117 @@ def _start_latent(latent, rig, seed: int, sched) -> torch.Tensor:
     if samples.dim() != 5 or tuple(samples.shape) != shape:
         raise NodeInputError(f"latent must be a 5-D video latent {list(shape)} [views, 4, frames, height/8, width/8] "
                              f"matching the cameras, got {list(samples.shape)}")
+    require_finite(samples, "latent", axes=("view", "channel", "frame"))
     if isinstance(latent, dict) and int(latent.get("cvd_temporal_compression", 1)) != 1:
         raise NodeInputError("latent has temporally compressed frames (CV-VAE); the CVD sampler needs one latent "
                              "frame per video frame (encode the frames with VAE Encode + Image Latents To Latent Frames)")
     return sched.add_noise(samples.float().cpu(), noise, 0)
 
 
-def _auto_max_batch(rig, strategy: str, seed: int, steps: int, recurrence: int, use_cfg: bool, cvd_model,
-                    entities: int = 0) -> Optional[int]:
-    """Rows per denoiser call from ComfyUI's view of free memory (None: let the core decide)."""
-    free = free_memory_bytes(cvd_model.device)
-    if free is None:
-        return None
+def _view_shape(rig):
+    return (LATENT_CHANNELS, rig.n_frames, rig.height // 8, rig.width // 8)
+
+
+def rows_needed(rig, strategy: str, seed: int, steps: int, recurrence: int, use_cfg: bool, entities: int = 0) -> int:
+    """Denoiser rows of the widest iteration: all its view pairs and guidance branches in one call."""
     widest = max(len(pair_schedule(rig.n_views, strategy, step, seed, substep=r))
                  for step in range(steps) for r in range(recurrence))
-    rows = rows_per_iteration(widest, (2 if use_cfg else 1) + entities)
-    view_shape = (LATENT_CHANNELS, rig.n_frames, rig.height // 8, rig.width // 8)
-    return estimate_max_batch(view_shape, free, rows, rig.n_views, cvd_model.dtype)
+    return rows_per_iteration(widest, (2 if use_cfg else 1) + entities)
+
+
+def memory_need(rig, rows: int, max_batch: int, dtype) -> tuple:
+    """``(bytes wanted, least bytes)`` of activations besides the weights: ``max_batch`` rows per call
+    (0 = all ``rows`` at once) and the smallest call that works (one view pair, one branch)."""
+    per_row = estimate_row_bytes(_view_shape(rig), dtype)
+    wanted = rows if max_batch == 0 else min(max_batch, rows)
+    return per_row * wanted, per_row * min_rows_per_call(rig.n_views)
+
+
+def _auto_max_batch(rig, rows: int, model, executor=None) -> Optional[int]:
+    """Rows per denoiser call that fit into what ComfyUI reports free once the model is loaded (and
+    other models offloaded to make room); None outside ComfyUI (the core then measures itself).
+    With several devices every call must fit the tightest one (the split gives each about the same rows)."""
+    devices = [d.device for d in executor.denoisers] if executor is not None else [model.device]
+    free = [free_bytes(device) for device in devices]
+    if any(f is None for f in free):
+        return None
+    return min(estimate_max_batch(_view_shape(rig), f, rows, rig.n_views, model.dtype) for f in free)
+
+
+def _out_of_memory_message(device, max_batch, rows: int, error: str) -> str:
+    return (f"CVD sampling ran out of memory on {device} with {max_batch or rows} of {rows} denoiser rows per call "
+            f"({error}). Lower max_batch (2 is the least), use dtype fp16/bf16, fewer views, frames or pixels, or "
+            "start ComfyUI with --lowvram so the model streams from system RAM")
 
 
 # ------------------------------------------------------------------------------ the node
 
 def _run_sampler(cvd_model, cameras, positive, negative, seed, steps, cfg, scheduler, strategy, recurrence,
-                 max_batch, denoise, latent=None, sigmas=None, layout=None, entity_prompts=None, unique_id=None):
-    rig = _rig(cameras, cvd_model)
-    if strategy not in STRATEGIES:
-        raise NodeInputError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
-    if latent is None and denoise < 1.0:
-        raise NodeInputError(f"denoise {denoise} < 1 needs a latent to start from (connect 'latent'), or use 1.0")
+                 max_batch, denoise, latent=None, sigmas=None, layout=None, entity_prompts=None, devices="",
+                 unique_id=None):
+    module = module_of(cvd_model)
+    rig = _rig(cameras, module)
     sched = make_scheduler(scheduler, steps, denoise, sigmas)
     use_cfg = float(cfg) != 1.0
-    cond, uncond = text_embeddings(positive, negative, rig.n_views, model_text_width(cvd_model), use_cfg)
-    regional = regional_inputs(layout, entity_prompts, rig, model_text_width(cvd_model))
+    cond, uncond = text_embeddings(positive, negative, rig.n_views, model_text_width(module), use_cfg)
+    regional = regional_inputs(layout, entity_prompts, rig, model_text_width(module))
     plucker, fundamentals = camera_inputs(rig)
     start = _start_latent(latent, rig, seed, sched)
-    free_memory(cvd_model.device)
-    if max_batch == 0:
-        max_batch = _auto_max_batch(rig, strategy, seed, len(sched.timesteps), recurrence, use_cfg, cvd_model,
-                                    len(regional or []))
+    rows = rows_needed(rig, strategy, seed, len(sched.timesteps), recurrence, use_cfg, len(regional or []))
+    wanted, least = memory_need(rig, rows, max_batch, module.dtype)
     progress = progress_bar(unique_id)
-    try:
-        samples = sample_multiview(cvd_model, start, cond, uncond, plucker, fundamentals if rig.n_views > 1 else None,
-                                   sched, guidance_scale=float(cfg), strategy=strategy, recurrence=recurrence,
-                                   max_batch=max_batch, seed=seed, progress=progress, regional=regional,
-                                   preview_callback=sd15_latent_preview(progress))
-    except ValueError as exc:
-        raise NodeInputError(str(exc)) from None
+    failure = None
+    # ComfyUI loads the model (offloading others to make room for `wanted`), then max_batch = 0 is sized
+    # from what it reports free.
+    with computing(cvd_model, memory_required=wanted, minimum_memory=least) as model:
+        executor = executor_for(cvd_model, model, devices)  # once loaded: replicas copy the loaded weights
+        if max_batch == 0:
+            max_batch = _auto_max_batch(rig, rows, model, executor)
+        try:
+            samples = sample_multiview(model, start, cond, uncond, plucker,
+                                       fundamentals if rig.n_views > 1 else None, sched, guidance_scale=float(cfg),
+                                       strategy=strategy, recurrence=recurrence, max_batch=max_batch, seed=seed,
+                                       progress=progress, regional=regional,
+                                       preview_callback=sd15_latent_preview(progress), executor=executor)
+        except ValueError as exc:
+            raise NodeInputError(str(exc)) from None
+        except out_of_memory_types() as exc:
+            failure = (type(exc), _out_of_memory_message(model.device, max_batch, rows, str(exc).splitlines()[0]))
+    if failure is not None:
+        # Raised outside the except block (its traceback would keep the tensors alive), as the same type, so
+        # ComfyUI still recognizes an out-of-memory error (it then unloads models and adds its own tips).
+        raise failure[0](failure[1])
     out = {"samples": samples.cpu(), "views": rig.n_views, "cvd_frames": rig.n_frames,
            "cvd_temporal_compression": 1, "cvd_latent_scale": SD_LATENT_SCALE, "cvd_latent_shift": 0.0}
     return Result((out,))
 
 
-def _validate(steps, scheduler, max_batch):
-    if scheduler == "mcm" and isinstance(steps, int) and steps > 8:
-        return f"MCM is distilled for 1 to 8 steps, got steps={steps} (use ddim for more)"
-    if isinstance(max_batch, int) and max_batch == 1:
-        return "max_batch must be 0 (auto) or at least 2 (one view pair shares a call)"
-    return True
+def _mcm_steps_rule(steps, scheduler):
+    if scheduler == "mcm" and steps > 8:
+        return f"steps must be at most 8 with scheduler mcm (MCM is distilled for 1 to 8 steps; use ddim for more), " \
+               f"got {steps}"
+    return None
+
+
+def _denoise_rule(denoise, latent):
+    if latent is None and denoise < 1.0:
+        return f"denoise must be 1 without a latent to start from (connect 'latent' for video-to-video), got {denoise}"
+    return None
+
+
+def _sigmas_rule(scheduler, sigmas):
+    if sigmas is not None and scheduler != "mcm":
+        return (f"scheduler must be mcm when sigmas (from CVD MCM Scheduler) are connected (or disconnect sigmas "
+                f"to use DDIM), got {scheduler!r}")
+    return None
+
+
+def _regional_rule(layout, entity_prompts):
+    if (layout is None) != (entity_prompts is None):
+        missing = "layout" if layout is None else "entity_prompts"
+        return (f"{missing} must be connected too: regional prompts need both layout and entity_prompts "
+                "(or disconnect both)")
+    return None
 
 
 SAMPLER = NodeSchema(
@@ -321,12 +373,17 @@ SAMPLER = NodeSchema(
         Input("entity_prompts", "CONDITIONING", "Optional prompts, exactly one per layout entity in the layout's "
               "entity order (chain CLIP Text Encode outputs with Conditioning Combine). Each applies inside its "
               "entity's mask; the positive prompt applies elsewhere. Needs layout.", optional=True),
+        Input("devices", "STRING", "Where the denoiser rows of each step run. Empty = ComfyUI's device only. A comma "
+              "list splits every step's rows across copies of the model, one thread per device, balanced by rows: "
+              "cuda:0,cuda:1 (or all = every GPU); cpu,cpu on a CPU-only machine. Add workers to also use the "
+              "torch.distributed workers connected to this server (README: Scaling out). The same seed gives the "
+              "same videos on any devices, up to float rounding.", default="", optional=True),
     ],
     outputs=[Output("LATENT", "latent", "Video latents [views, 4, frames, h, w], scaled (UNet space), one latent "
                     "frame per video frame.")],
     run=_run_sampler,
     hidden=("unique_id",),
-    validate=_validate,
+    rules=[_mcm_steps_rule, _denoise_rule, _sigmas_rule, _regional_rule],
 )
 
 SCHEMAS = [SAMPLER]

@@ -23,12 +23,13 @@ from typing import List
 import numpy as np
 import torch
 
+from cvd_core.guards import require_finite
 from cvd_core.scene import (ScenePlanError, c3v_prompt_templates, decompose_prompt, ground_plane_depth,
                             lift_trajectories, parse_llm_answer, plan_to_json, project_layout,
                             render_layout_preview, validate_plan)
 
 from ._comfy import NodeInputError, save_preview_images
-from ._schema import Input, NodeSchema, Output, Result
+from ._schema import Input, NodeSchema, Output, Result, json_problem
 
 CATEGORY = "CVD/scene"
 SCENE = "CVD_SCENE"
@@ -78,9 +79,6 @@ def _base_plan(prompt: str, frames: int, plan_json: str, aspect: float, notes: L
         notes.extend(warnings)
         notes.append(f"plan from plan_json ({len(plan['entities'])} entities; the prompt widget is not used)")
         return plan
-    if not prompt.strip():
-        raise NodeInputError("prompt must not be empty: describe the scene (\"a red car drives past a tree in a "
-                             "park\"), or give a whole plan in plan_json")
     try:
         plan = decompose_prompt(prompt, frames=frames, aspect=aspect)
     except ValueError as exc:
@@ -114,6 +112,13 @@ def _run_scene_plan(prompt, frames, image_width, image_height, path_points, plan
                      f"{image_size[0]}x{image_size[1]} reference image (lift them with CVD Lift Trajectory 3D)")
         notes.extend(answer_notes)
     return Result((plan, director, plan_to_json(plan)), ui=_text_ui(notes))
+
+
+def _prompt_rule(prompt, plan_json):
+    if not (plan_json or "").strip() and not prompt.strip():
+        return ("prompt must describe the scene (\"a red car drives past a tree in a park\") unless plan_json holds "
+                "a whole plan, got ''")
+    return json_problem("plan_json", plan_json)
 
 
 SCENE_PLAN = NodeSchema(
@@ -155,6 +160,7 @@ SCENE_PLAN = NodeSchema(
         Output("STRING", "plan_json", "The plan as JSON, to inspect, edit and feed back through plan_json."),
     ],
     run=_run_scene_plan,
+    rules=[_prompt_rule],
 )
 
 
@@ -322,6 +328,8 @@ PROJECT = NodeSchema(
 # ------------------------------------------------------------------------------ LayoutPreview
 
 def _run_preview(layout, mode, alpha, images=None):
+    if images is not None:
+        require_finite(images, "images", axes=("image",), hint="nothing was drawn")
     try:
         picture = render_layout_preview(layout, images=images, per_frame=(mode == "every_frame"), alpha=alpha)
     except ValueError as exc:

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from cvd_core.cvvae import TilingConfig, decode_video, encode_video, load_cvvae
+from cvd_core.cvvae import TilingConfig, decode_video, encode_video, load_cvvae, memory_estimate, usable_bytes
+from cvd_core.cvvae.tiling import MIN_TILE_PX
+from cvd_core.dtypes import resolve_dtype
+from cvd_core.guards import precision_hint, require_finite
 
-from ._comfy import (NodeInputError, list_model_entries, progress_bar, register_model_folder,
-                     resolve_model_entry, torch_device)
+from ._comfy import NodeInputError, list_model_entries, progress_bar, register_model_folder, resolve_model_entry
+from ._managed import computing, devices, free_bytes, manage, module_of
 from ._schema import Input, NodeSchema, Output, Result
 
 CATEGORY = "CVD/vae"
@@ -43,12 +46,13 @@ def _run_loader(vae_name, dtype):
     if vae_name == NOTHING_FOUND:
         raise NodeInputError(f"no CV-VAE weights found. {DOWNLOAD_HELP}")
     path = resolve_model_entry(FOLDER, vae_name)
-    device = torch_device()
+    # Weights wait on ComfyUI's VAE offload device; precision is picked for the device that computes.
+    compute_device, offload_device = devices("cvvae")
     try:
-        model = load_cvvae(path, dtype=dtype, device=device)
+        model = load_cvvae(path, dtype=resolve_dtype(dtype, compute_device), device=offload_device)
     except (ValueError, OSError, RuntimeError) as exc:
         raise NodeInputError(f"could not load CV-VAE {vae_name!r}: {exc}") from None
-    return Result((model,))
+    return Result((manage(model, "cvvae"),))
 
 
 LOADER = NodeSchema(
@@ -76,12 +80,20 @@ TILING_INPUTS = [
           "video at once (most memory); manual: use the three knobs below; official: the reference code's "
           "16-frame chunks and 576 px tiles.", default="auto", options=TILING_MODES),
     Input("tile_size", "INT", "Spatial tile edge in pixels (manual; an upper bound in auto). 0 = whole frame. "
-          "Smaller tiles use less memory; seams are blended over the overlap.", default=0, min=0, max=4096, step=8),
+          "Smaller tiles use less memory; seams are blended over the overlap.", default=0, min=0, max=4096, step=8,
+          multiple_of=8),
     Input("tile_overlap", "FLOAT", "Fraction of a tile shared with its neighbour (blended). More overlap = fewer "
           "visible seams, more compute.", default=0.25, min=0.0, max=0.5, step=0.05),
     Input("temporal_chunk", "INT", "Pixel frames per temporal window (multiple of 4; manual, auto uses 16). 0 = "
-          "whole video. Smaller chunks bound memory for long videos.", default=0, min=0, max=1024, step=4),
+          "whole video. Smaller chunks bound memory for long videos.", default=0, min=0, max=1024, step=4,
+          multiple_of=4),
 ]
+
+
+def _tile_size_rule(tile_size):
+    if 0 < tile_size < MIN_TILE_PX:
+        return f"tile_size must be 0 (whole frame) or at least {MIN_TILE_PX} pixels, got {tile_size}"
+    return None
 
 
 def _tiling(tiling, tile_size, tile_overlap, temporal_chunk) -> TilingConfig:
@@ -109,17 +121,32 @@ def _video_to_frames(video: torch.Tensor) -> torch.Tensor:
     return frames.reshape(-1, *frames.shape[2:]).cpu().contiguous()
 
 
+def _coded(cvvae, kind: str, src: torch.Tensor, config: TilingConfig, run):
+    """``run(model, memory_budget)`` with the CV-VAE loaded by ComfyUI, which first makes room for the
+    plan's estimated peak (offloading other models); ``auto`` tiles are then sized from what ComfyUI
+    reports free."""
+    vae = module_of(cvvae)
+    want, least = memory_estimate(vae, src.shape, kind, config)
+    with computing(cvvae, memory_required=want, minimum_memory=least) as model:
+        free = free_bytes(model.device)
+        return run(model, None if free is None else usable_bytes(free, model.device))
+
+
 def _run_encode(cvvae, images, views, pad_frames, tiling, tile_size, tile_overlap, temporal_chunk, unique_id=None):
+    require_finite(images, "images", axes=("frame",))
     video = _frames_to_video(images, views)
+    config = _tiling(tiling, tile_size, tile_overlap, temporal_chunk)
     try:
-        posterior = encode_video(cvvae, video, tiling=_tiling(tiling, tile_size, tile_overlap, temporal_chunk),
-                                 pad=pad_frames, progress=progress_bar(unique_id))
+        posterior = _coded(cvvae, "encode", video, config, lambda model, budget: encode_video(
+            model, video, tiling=config, pad=pad_frames, progress=progress_bar(unique_id), memory_budget=budget))
     except ValueError as exc:
         raise NodeInputError(str(exc)) from None
     z = posterior.mode().float().cpu()
-    scaled = (z - cvvae.shift_factor) * cvvae.scaling_factor
+    vae = module_of(cvvae)
+    require_finite(z, "the encoded latent", axes=("view", "channel", "frame"), hint=precision_hint(vae.dtype))
+    scaled = (z - vae.shift_factor) * vae.scaling_factor
     latent = {"samples": scaled, "views": views, "cvd_frames": int(video.shape[2]),
-              "cvd_latent_scale": cvvae.scaling_factor, "cvd_latent_shift": cvvae.shift_factor}
+              "cvd_latent_scale": vae.scaling_factor, "cvd_latent_shift": vae.shift_factor}
     return Result((latent,))
 
 
@@ -142,6 +169,7 @@ ENCODE = NodeSchema(
     outputs=[Output("LATENT", "latent", "Video latent [views, C, T', h, w], scaled by the VAE's scaling factor.")],
     run=_run_encode,
     hidden=("unique_id",),
+    rules=[_tile_size_rule],
 )
 
 
@@ -151,6 +179,7 @@ def _latent_scale(latent, cvvae):
 
 
 def _run_decode(cvvae, latent, tiling, tile_size, tile_overlap, temporal_chunk, unique_id=None):
+    vae = module_of(cvvae)
     samples = latent["samples"]
     if samples.dim() == 4:
         raise NodeInputError("this is a 4-D image latent [N, C, h, w]; convert it with CVD Image Latents To Latent "
@@ -161,16 +190,21 @@ def _run_decode(cvvae, latent, tiling, tile_size, tile_overlap, temporal_chunk, 
         raise NodeInputError("this latent has one latent frame per video frame (CVD Multi-View Sampler, AnimateDiff), "
                              "not CV-VAE's 4x temporal latents: decode it with CVD Latent Frames To Image Latents -> "
                              "VAE Decode (the SD1.5 VAE)")
-    if samples.shape[1] != cvvae.latent_channels:
+    if samples.shape[1] != vae.latent_channels:
         raise NodeInputError(f"latent has {samples.shape[1]} channels but this CV-VAE expects "
-                             f"{cvvae.latent_channels} (z=4 for SD1.x/2.x, z=16 for SD3)")
-    scale, shift = _latent_scale(latent, cvvae)
+                             f"{vae.latent_channels} (z=4 for SD1.x/2.x, z=16 for SD3)")
+    require_finite(samples, "latent", axes=("view", "channel", "frame"),
+                   hint="nothing is decoded (the sampler or encoder upstream produced them)")
+    scale, shift = _latent_scale(latent, vae)
     z = samples.float() / scale + shift
+    config = _tiling(tiling, tile_size, tile_overlap, temporal_chunk)
     try:
-        video = decode_video(cvvae, z, tiling=_tiling(tiling, tile_size, tile_overlap, temporal_chunk),
-                             num_frames=latent.get("cvd_frames"), progress=progress_bar(unique_id))
+        video = _coded(cvvae, "decode", z, config, lambda model, budget: decode_video(
+            model, z, tiling=config, num_frames=latent.get("cvd_frames"), progress=progress_bar(unique_id),
+            memory_budget=budget))
     except ValueError as exc:
         raise NodeInputError(str(exc)) from None
+    require_finite(video, "the decoded frames", axes=("view", "channel", "frame"), hint=precision_hint(vae.dtype))
     return Result((_video_to_frames(video),))
 
 
@@ -188,6 +222,7 @@ DECODE = NodeSchema(
     outputs=[Output("IMAGE", "images", "Decoded frames, view-major.")],
     run=_run_decode,
     hidden=("unique_id",),
+    rules=[_tile_size_rule],
 )
 
 
@@ -197,6 +232,7 @@ def _run_to_image_latents(latent):
     samples = latent["samples"]
     if samples.dim() != 5:
         raise NodeInputError(f"expected a 5-D video latent [views, C, T, h, w], got shape {list(samples.shape)}")
+    require_finite(samples, "latent", axes=("view", "channel", "frame"))
     views, channels, frames = samples.shape[:3]
     scale = float(latent.get("cvd_latent_scale", 1.0))
     shift = float(latent.get("cvd_latent_shift", 0.0))
@@ -225,6 +261,7 @@ def _run_to_latent_frames(latent, views, scale_factor, shift_factor):
         raise NodeInputError(f"expected a 4-D image latent batch [N, C, h, w], got shape {list(samples.shape)}")
     if samples.shape[0] % views:
         raise NodeInputError(f"the latent batch ({samples.shape[0]}) must split evenly into views={views}")
+    require_finite(samples, "latent", axes=("image latent",))
     frames = samples.shape[0] // views
     scale = float(latent.get("cvd_latent_scale", scale_factor))
     shift = float(latent.get("cvd_latent_shift", shift_factor))

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.comfy_harness import ComfyServer, output_files  # noqa: E402
 from tests.support.sample_inputs import EXAMPLES, write_sample_pose_files  # noqa: E402
+from tests.support import models_synthetic_scene as synthetic_views  # noqa: E402
 from tests.support.model_installers import install_test_models  # noqa: E402
 
 PIPELINE = ["cvd_two_views", "cvd_four_views_mcm", "cvd_consistency_report"]
@@ -77,7 +78,8 @@ def missing_model_files(models_dir: Path, prompts) -> list:
 def override_rig(prompt: dict, frames: int, size: int) -> dict:
     """Set frames and image size of every camera node (real weights want CVD's 16 frames, 256 px)."""
     for node in prompt.values():
-        if node["class_type"] in CAMERA_NODES:
+        if node["class_type"] in CAMERA_NODES and node["inputs"].get("preset") != "custom_json":
+            # (a custom rig describes given views, e.g. cvd_evaluate_export's: its size is not a choice)
             if frames:
                 node["inputs"]["frames"] = frames
             if size:
@@ -120,6 +122,7 @@ def _prepare(server: ComfyServer, args) -> None:
     write_sample_pose_files(server.root / "input" / "cvd_poses")  # inputs only: the weights are the user's
     for frames in sorted((EXAMPLES / "frames").glob("*.png")):
         shutil.copy(frames, server.root / "input" / frames.name)
+    synthetic_views.install(server.root)  # the known-geometry views of cvd_evaluate_export
     print(f"[demo] using the real weights in {args.comfyui_models}", flush=True)
 
 

@@ -1,10 +1,12 @@
 // cvd-multiview web extension: synchronized multi-view players, an interactive 3-D rig view, and
 // sampling progress text on the pack's nodes.
 //
-// Only extension APIs that both the 2024 legacy UI and the current ComfyUI frontend provide are used:
-// app.registerExtension, beforeRegisterNodeDef, nodeCreated, node.onExecuted, node.addDOMWidget and
-// api "progress"/"executing" events. Every hook is wrapped so that a failure here leaves the node's
-// plain outputs (the poster PNG, the preview image) untouched. Nothing is stored outside widget
+// Only extension APIs that both the 2024 legacy UI and the current ComfyUI frontend (1.5x, both canvas
+// modes) provide are used: app.registerExtension, beforeRegisterNodeDef, nodeCreated, node.onExecuted,
+// node.addDOMWidget, node.setSize and api "progress"/"executing" events; the only modules imported are
+// scripts/app.js and scripts/api.js (the frontend's other legacy modules are deprecated). Every hook is
+// wrapped so that a failure here leaves the node's plain outputs (the poster PNG, the preview image)
+// untouched, and tells the user (a toast where the UI has them). Nothing is stored outside widget
 // values: the players and the rig view are rebuilt from the node's `ui` output on each execution.
 
 import { app } from "../../scripts/app.js";
@@ -18,13 +20,45 @@ const RIG_NODES = new Set(["CVD_CameraPreview"]);
 const PACK_PREFIX = "CVD_";
 const GRID_WIDGET = "cvd_multiview_players";
 const RIG_WIDGET = "cvd_rig_view";
-const MIN_NODE_WIDTH = 420;
+export const MIN_NODE_WIDTH = 420; // a 2 x 2 grid of players stays legible
 
-function warn(what, error) {
-  console.warn(`[cvd-multiview] ${what} failed; the plain outputs are still shown.`, error);
+const MESSAGE_TITLE = "CVD Multi-View";
+
+const recentMessages = new Map();
+
+/**
+ * Tell the user something went wrong, through the UI's own message surface: the current frontend's
+ * toasts (app.extensionManager.toast), else the legacy UI's dialog; always on the console too.
+ * Returns the surface used.
+ */
+export function notify(detail, error) {
+  console.warn(`[cvd-multiview] ${detail}`, error ?? "");
+  const text = error?.message ? `${detail} (${error.message})` : detail;
+  // The same failure on every animation frame or progress message must not bury the UI in toasts.
+  const now = Date.now();
+  if (now - (recentMessages.get(text) ?? -Infinity) < 5000) return "repeated";
+  recentMessages.set(text, now);
+  try {
+    const toast = app?.extensionManager?.toast;
+    if (typeof toast?.add === "function") {
+      toast.add({ severity: "warn", summary: MESSAGE_TITLE, detail: text, life: 8000 });
+      return "toast";
+    }
+    if (typeof app?.ui?.dialog?.show === "function") {
+      app.ui.dialog.show(`${MESSAGE_TITLE}: ${text}`);
+      return "dialog";
+    }
+  } catch (failure) {
+    console.warn("[cvd-multiview] could not show the message", failure);
+  }
+  return "console";
 }
 
-/** Run `fn`, logging instead of throwing: the extension must never break the UI. */
+function warn(what, error) {
+  notify(`${what}; the plain outputs are still there.`, error);
+}
+
+/** Run `fn`; a failure is reported (see `notify`) instead of thrown: the extension must never break the UI. */
 function guarded(what, fn) {
   try {
     return fn();
@@ -71,7 +105,7 @@ function previewWidget(node, name, minHeight) {
   widget.serialize = false; // never part of the saved workflow's widget values where honoured
   const onRemoved = node.onRemoved;
   node.onRemoved = function () {
-    guarded("disposing the preview", () => host.cvdController?.dispose());
+    guarded("Stopping the removed preview failed", () => host.cvdController?.dispose());
     return onRemoved?.apply(this, arguments);
   };
   return widget;
@@ -85,13 +119,18 @@ function fitNode(node) {
   app.graph?.setDirtyCanvas?.(true, true);
 }
 
-/** Replace the controller living in a widget's element (old players are stopped first). */
+/**
+ * Replace the controller living in a widget's element. The new one is built first, so that output
+ * it cannot show (it throws) leaves the previous view working; the old players are stopped after.
+ */
 function replaceController(widget, make) {
   const host = widget.element;
-  host.cvdController?.dispose();
-  host.cvdController = null;
-  host.cvdController = make(host);
-  return host.cvdController;
+  const old = host.cvdController;
+  const made = make();
+  host.replaceChildren(made.element);
+  host.cvdController = made.controller;
+  guarded("Stopping the previous preview failed", () => old?.dispose());
+  return made.controller;
 }
 
 export function showMultiView(node, output) {
@@ -99,8 +138,12 @@ export function showMultiView(node, output) {
   if (!entry || !Array.isArray(entry.views) || !entry.views.length) return null;
   const widget = previewWidget(node, GRID_WIDGET, (n) => preferredHeight(n.cvdEntry ?? entry, n.size[0]));
   if (!widget) return null;
+  const grid = replaceController(widget, () => {
+    const element = document.createElement("div");
+    Object.assign(element.style, { width: "100%", height: "100%" });
+    return { element, controller: new PlayerGrid(element, entry, viewUrl) };
+  });
   node.cvdEntry = entry;
-  const grid = replaceController(widget, (host) => new PlayerGrid(host, entry, viewUrl));
   fitNode(node);
   return grid;
 }
@@ -110,14 +153,18 @@ export function showRig(node, output) {
   if (!cameras) return null;
   const widget = previewWidget(node, RIG_WIDGET, (n) => Math.round(Math.max(200, Math.min(480, n.size[0] * 0.62))));
   if (!widget) return null;
-  const view = replaceController(widget, (host) => {
+  // The current frontend's Vue nodes leave the wheel to an element only while focus is inside an
+  // element marked data-capture-wheel (otherwise the wheel zooms the graph, as over any widget):
+  // the view takes focus when it is clicked or dragged, and then the wheel zooms the rig.
+  widget.element.dataset.captureWheel = "true";
+  const view = replaceController(widget, () => {
     const canvas = document.createElement("canvas");
     canvas.className = "cvd-rig-canvas";
+    canvas.tabIndex = 0;
     Object.assign(canvas.style, {
-      width: "100%", height: "100%", display: "block", cursor: "grab", touchAction: "none",
+      width: "100%", height: "100%", display: "block", cursor: "grab", touchAction: "none", outline: "none",
     });
-    host.replaceChildren(canvas);
-    return new RigView(canvas, cameras);
+    return { element: canvas, controller: new RigView(canvas, cameras) };
   });
   fitNode(node);
   view.draw(); // again at the fitted size
@@ -141,12 +188,12 @@ function executingNodeId(detail) {
 
 function listenForProgress() {
   if (!api?.addEventListener) return;
-  api.addEventListener("progress", ({ detail }) => guarded("progress", () => {
+  api.addEventListener("progress", ({ detail }) => guarded("The progress text failed", () => {
     if (detail?.node == null) return;
     progressByNode.set(String(detail.node), { value: Number(detail.value), max: Number(detail.max) });
     app.graph?.setDirtyCanvas?.(true, false);
   }));
-  api.addEventListener("executing", ({ detail }) => guarded("progress", () => {
+  api.addEventListener("executing", ({ detail }) => guarded("The progress text failed", () => {
     const running = executingNodeId(detail);
     for (const id of [...progressByNode.keys()]) if (id !== String(running)) progressByNode.delete(id);
     app.graph?.setDirtyCanvas?.(true, false);
@@ -175,11 +222,11 @@ function drawProgress(node, ctx) {
 
 // ------------------------------------------------------------------------------------ registration
 
-function chain(prototype, method, after) {
+function chain(prototype, method, after, what = method) {
   const original = prototype[method];
   prototype[method] = function () {
     const result = original?.apply(this, arguments);
-    guarded(method, () => after.apply(this, arguments));
+    guarded(what, () => after.apply(this, arguments));
     return result;
   };
 }
@@ -187,28 +234,30 @@ function chain(prototype, method, after) {
 const extension = {
   name: EXTENSION_NAME,
   async setup() {
-    guarded("progress listener", listenForProgress);
+    guarded("Listening for progress failed", listenForProgress);
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    guarded("node registration", () => {
+    guarded("Setting up the pack's nodes failed", () => {
       const name = nodeData?.name ?? "";
       if (!name.startsWith(PACK_PREFIX)) return;
       chain(nodeType.prototype, "onDrawForeground", function (ctx) { drawProgress(this, ctx); });
       if (MULTIVIEW_NODES.has(name)) {
-        chain(nodeType.prototype, "onExecuted", function (output) { showMultiView(this, output); });
+        chain(nodeType.prototype, "onExecuted", function (output) { showMultiView(this, output); },
+          "The multi-view players could not be shown");
       }
       if (RIG_NODES.has(name)) {
-        chain(nodeType.prototype, "onExecuted", function (output) { showRig(this, output); });
+        chain(nodeType.prototype, "onExecuted", function (output) { showRig(this, output); },
+          "The 3-D rig view could not be shown");
       }
     });
   },
   nodeCreated(node) {
     // Mark the pack's nodes so that tests and other extensions can tell the extension ran for them.
-    guarded("nodeCreated", () => {
+    guarded("Marking a pack node failed", () => {
       const type = node?.comfyClass ?? node?.type ?? "";
       if (String(type).startsWith(PACK_PREFIX)) node.cvdExtension = EXTENSION_NAME;
     });
   },
 };
 
-guarded("registerExtension", () => app.registerExtension(extension));
+guarded("Registering the extension failed", () => app.registerExtension(extension));

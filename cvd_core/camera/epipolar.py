@@ -26,7 +26,6 @@ This module depends on nothing else in ``cvd_core.camera`` (it takes F as given)
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch

@@ -119,14 +119,19 @@ class CVDUNet(nn.Module):
 
     # -- feature cache --------------------------------------------------------------------------
 
-    def with_feature_cache(self, config: Optional[FeatureCacheConfig], target: str = LAYER_OUTPUTS) -> "CVDUNet":
-        """A copy sharing every weight with this network, with ``feature_cache = config`` on ``target``."""
+    def check_feature_cache(self, config: Optional[FeatureCacheConfig], target: str = LAYER_OUTPUTS) -> None:
+        """Raise unless ``config`` on ``target`` is a valid setting for this network's
+        ``feature_cache`` / ``feature_cache_target`` attributes (which a caller may also set itself)."""
         if config is not None and not isinstance(config, FeatureCacheConfig):
             raise TypeError(f"feature_cache must be a FeatureCacheConfig or None, got {type(config).__name__}")
         if target not in CACHE_TARGETS:
             raise ValueError(f"feature cache target must be one of {CACHE_TARGETS}, got {target!r}")
         if config is not None:
             config.validate_for(self.cache_block_count())
+
+    def with_feature_cache(self, config: Optional[FeatureCacheConfig], target: str = LAYER_OUTPUTS) -> "CVDUNet":
+        """A copy sharing every weight with this network, with ``feature_cache = config`` on ``target``."""
+        self.check_feature_cache(config, target)
         clone = _shallow_module_copy(self)
         clone.feature_cache = config
         clone.feature_cache_target = target

@@ -45,7 +45,19 @@ def depth_to_time(x: torch.Tensor, factor: int) -> torch.Tensor:
     return x.reshape(b, c, t * factor, h, w)
 
 
-class Conv2dWithExtraDim(nn.Conv2d):
+class WeightSource:
+    """Convs whose forward reads its weights through ``weights_for(x)``.
+
+    By default that is ``(self.weight, self.bias)``; a memory manager that keeps weights on another
+    device (ComfyUI's low-VRAM streaming) overrides it in a subclass to hand over copies on ``x``'s
+    device instead, without touching the convolution itself.
+    """
+
+    def weights_for(self, x: torch.Tensor):
+        return self.weight, self.bias
+
+
+class Conv2dWithExtraDim(WeightSource, nn.Conv2d):
     """A 2-D convolution applied to every frame of a [B,C,T,H,W] tensor (the "half 3D" conv).
 
     On the CPU it runs as a 1 x k x k 3-D convolution of the 5-D tensor itself (the same sums), which
@@ -55,12 +67,13 @@ class Conv2dWithExtraDim(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         if x.dim() != 5:
-            return super().forward(x)
+            return self._conv_forward(x, *self.weights_for(x))
         if x.device.type == "cpu" and self.padding_mode == "zeros" and self.groups == 1 and x.dtype in _MKLDNN_DTYPES:
-            return conv3d(x, self.weight.unsqueeze(2), self.bias, (1, *self.stride), (0, *self.padding))
+            weight, bias = self.weights_for(x)
+            return conv3d(x, weight.unsqueeze(2), bias, (1, *self.stride), (0, *self.padding))
         b, c, t, h, w = x.shape
         frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
-        out = super().forward(frames)
+        out = self._conv_forward(frames, *self.weights_for(frames))
         # Contiguous [B,C,T,H,W]: 3-D convs on permuted strides fall back to a much slower kernel.
         return out.reshape(b, t, out.shape[1], out.shape[2], out.shape[3]).permute(0, 2, 1, 3, 4).contiguous()
 
@@ -182,7 +195,7 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, bias, stride, padding) -> torc
     return F.conv3d(x, weight, bias, stride, padding)
 
 
-class Conv3d(nn.Conv3d):
+class Conv3d(WeightSource, nn.Conv3d):
     """``nn.Conv3d`` (same parameters) whose forward uses :func:`conv3d`; zero or replicate padding."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
@@ -191,7 +204,8 @@ class Conv3d(nn.Conv3d):
             p = self.padding
             x = F.pad(x, (p[2], p[2], p[1], p[1], p[0], p[0]), mode=self.padding_mode)
             padding = (0, 0, 0)
-        return conv3d(x, self.weight, self.bias, self.stride, padding)
+        weight, bias = self.weights_for(x)
+        return conv3d(x, weight, bias, self.stride, padding)
 
 
 class CausalConv3d(Conv3d):
@@ -214,7 +228,7 @@ class CausalConv3d(Conv3d):
             return super().forward(F.pad(x, (p, p, p, p, 2 * p, 0), mode="replicate"))
         if p:
             # One copy (the repeated first frames in front); the zero border is the conv's own padding.
-            return conv3d(replicate_front(x, 2 * p), self.weight, self.bias, self.stride, (0, p, p))
+            return conv3d(replicate_front(x, 2 * p), *self.weights_for(x), self.stride, (0, p, p))
         return super().forward(x)
 
 

@@ -32,14 +32,24 @@ def _cpu_available_bytes() -> int:
     return FALLBACK_CPU_BUDGET
 
 
+def usable_bytes(free_bytes: int, device: torch.device) -> int:
+    """The part of ``free_bytes`` on ``device`` one tile may use (the rest: outputs, fragmentation)."""
+    fraction = CUDA_FRACTION if torch.device(device).type == "cuda" else CPU_FRACTION
+    return int(max(int(free_bytes), 0) * fraction)
+
+
 def free_memory_bytes(device: torch.device) -> int:
-    """Bytes a new computation on ``device`` may use (already scaled by a safety fraction)."""
+    """Bytes a new computation on ``device`` may use (already scaled by a safety fraction).
+
+    A caller with its own memory accounting (ComfyUI's, after it offloaded other models) passes
+    ``usable_bytes(its free bytes, device)`` to encode/decode as ``memory_budget`` instead.
+    """
     device = torch.device(device)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int((free + max(cached, 0)) * CUDA_FRACTION)
-    return int(_cpu_available_bytes() * CPU_FRACTION)
+        return usable_bytes(free + max(cached, 0), device)
+    return usable_bytes(_cpu_available_bytes(), device)
 
 
 def estimate_tile_bytes(channels: int, frames: int, height: int, width: int, dtype: torch.dtype) -> int:

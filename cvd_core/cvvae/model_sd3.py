@@ -86,7 +86,7 @@ class Upsample3D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         # = conv(replicate-pad(nearest x2(x))) then depth-to-time, on the low-resolution x (see z=4).
         causal = isinstance(self.conv, CausalConv3d)
-        x = nearest2x_conv3d(x, self.conv.weight, self.conv.bias, (2, 0) if causal else (1, 1), "replicate",
+        x = nearest2x_conv3d(x, *self.conv.weights_for(x), (2, 0) if causal else (1, 1), "replicate",
                              self.up_time)
         if self.up_time != 1:
             x = x[:, :, 1:]

@@ -102,7 +102,7 @@ class Upsample3D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         # = conv(time-replicate(zero-pad(nearest x2(x)))) then depth-to-time, computed on the
         # low-resolution x (layers.nearest2x_conv3d: 2.25x fewer multiply-adds, no upsampled copy).
-        x = nearest2x_conv3d(x, self.conv.weight, self.conv.bias, (2, 0) if self.causal else (1, 1), "zeros",
+        x = nearest2x_conv3d(x, *self.conv.weights_for(x), (2, 0) if self.causal else (1, 1), "zeros",
                              self.up_time)
         if self.up_time != 1:
             x = x[:, :, 1:]

@@ -104,11 +104,12 @@ class TilePlan:
 
 
 def encode_video(model, x: torch.Tensor, tiling: Optional[TilingConfig] = None, pad: bool = False,
-                 progress: Optional[Progress] = None) -> CVVAEPosterior:
+                 progress: Optional[Progress] = None, memory_budget: Optional[int] = None) -> CVVAEPosterior:
     """Encode pixels [B,3,T,H,W] in [-1, 1] (4-D: single frames) -> posterior over *unscaled* latents.
 
     T must be 1+4k unless ``pad`` (repeat the last frame; ``posterior.num_frames`` keeps the
-    original count for :func:`decode_video`). H and W must be multiples of 8.
+    original count for :func:`decode_video`). H and W must be multiples of 8. ``memory_budget``:
+    bytes one ``auto`` tile may use (default: measured on the model's device).
     """
     tiling = tiling or TilingConfig()
     x = _as_video(model, x)
@@ -121,15 +122,16 @@ def encode_video(model, x: torch.Tensor, tiling: Optional[TilingConfig] = None, 
         check_frame_count(frames)
     x = x.to(device=model.device, dtype=model.dtype)
     with torch.no_grad():
-        moments = _dispatch(model, x, "encode", tiling, ensure_progress(progress))
+        moments = _dispatch(model, x, "encode", tiling, ensure_progress(progress), memory_budget)
     return CVVAEPosterior(moments, num_frames=frames)
 
 
 def decode_video(model, z: torch.Tensor, tiling: Optional[TilingConfig] = None, num_frames: Optional[int] = None,
-                 progress: Optional[Progress] = None) -> torch.Tensor:
+                 progress: Optional[Progress] = None, memory_budget: Optional[int] = None) -> torch.Tensor:
     """Decode *unscaled* latents [B,z,T',h,w] -> pixels [B,3,4T'-3,8h,8w] (about [-1, 1]).
 
-    ``num_frames`` trims the output (the count before ``pad=True`` encoding).
+    ``num_frames`` trims the output (the count before ``pad=True`` encoding); ``memory_budget`` as
+    in :func:`encode_video`.
     """
     tiling = tiling or TilingConfig()
     if z.dim() == 4:
@@ -143,7 +145,7 @@ def decode_video(model, z: torch.Tensor, tiling: Optional[TilingConfig] = None, 
                          f"{decoded} frames (padding adds at most 3): use {max(1, decoded - 3)}..{decoded}")
     z = z.to(device=model.device, dtype=model.dtype)
     with torch.no_grad():
-        x = _dispatch(model, z, "decode", tiling, ensure_progress(progress))
+        x = _dispatch(model, z, "decode", tiling, ensure_progress(progress), memory_budget)
     if num_frames is not None:
         x = x[:, :, : int(num_frames)]
     return x
@@ -169,14 +171,15 @@ def _check_channels(what: str, t: torch.Tensor, expected: int) -> None:
         raise ValueError(f"{what} must have {expected} channels on dim 1 ([B, C, T, H, W]), got shape {list(t.shape)}")
 
 
-def _dispatch(model, src: torch.Tensor, kind: str, tiling: TilingConfig, progress: Progress) -> torch.Tensor:
+def _dispatch(model, src: torch.Tensor, kind: str, tiling: TilingConfig, progress: Progress,
+              budget: Optional[int] = None) -> torch.Tensor:
     if tiling.mode == "official":
         return _official(model, src, kind, progress)
     if tiling.mode == "none":
         return _tiled(model, src, kind, TilePlan(None, 0, None), progress)
     if tiling.mode == "manual":
         return _tiled(model, src, kind, manual_plan(tiling), progress)
-    return _auto(model, src, kind, tiling, progress)
+    return _auto(model, src, kind, tiling, progress, budget)
 
 
 # ---------------------------------------------------------------- manual / none
@@ -275,8 +278,9 @@ def _tiled(model, src: torch.Tensor, kind: str, plan: TilePlan, progress: Progre
 # ---------------------------------------------------------------- auto
 
 
-def _auto(model, src: torch.Tensor, kind: str, tiling: TilingConfig, progress: Progress) -> torch.Tensor:
-    plan = auto_plan(model, src.shape, kind, tiling, free_memory_bytes(src.device))
+def _auto(model, src: torch.Tensor, kind: str, tiling: TilingConfig, progress: Progress,
+          budget: Optional[int] = None) -> torch.Tensor:
+    plan = auto_plan(model, src.shape, kind, tiling, free_memory_bytes(src.device) if budget is None else budget)
     while True:
         try:
             return _tiled(model, src, kind, plan, progress)
@@ -313,6 +317,42 @@ def auto_plan(model, shape, kind: str, tiling: TilingConfig, budget: int) -> Til
             break
         tile = max(min_tile, tile // 2)
     return TilePlan(tile, round(tile * tiling.tile_overlap), chunk_frames // 4)
+
+
+def memory_estimate(model, shape, kind: str, tiling: TilingConfig) -> Tuple[int, int]:
+    """Estimated peak bytes of one tile call: ``(the plan tiling starts with, its smallest retry)``.
+
+    What to ask a memory manager to make room for before encoding or decoding ``shape`` (pixels
+    ``[B,3,T,H,W]`` for encode, latents ``[B,z,T',h,w]`` for decode): ``auto`` starts from its
+    largest plan (whole frames up to ``tile_size``) and can shrink to 64 px tiles of 4-frame chunks;
+    the other modes use one fixed plan.
+    """
+    encode = kind == "encode"
+    in_scale = 8 if encode else 1
+    h, w = shape[3] // in_scale, shape[4] // in_scale
+    video_frames = shape[2] if encode else pixel_frames(shape[2])
+    channels = model.encoder_full_res_channels if encode else model.decoder_full_res_channels
+
+    def tile_bytes(latent_tile: Optional[int], frames: Optional[int]) -> int:
+        th, tw = (h, w) if latent_tile is None else (min(latent_tile, h), min(latent_tile, w))
+        frames = video_frames if frames is None else min(frames, video_frames)
+        return estimate_tile_bytes(channels, frames, th * 8, tw * 8, model.dtype)
+
+    if tiling.mode == "auto":
+        plan = auto_plan(model, shape, kind, tiling, budget=1 << 62)
+        largest = tile_bytes(plan.latent_tile, 4 * plan.chunk_latent + 1)
+        return largest, min(largest, tile_bytes(AUTO_MIN_TILE_PX // 8, 5))
+    if tiling.mode == "manual":
+        plan = manual_plan(tiling)
+        frames = None if plan.chunk_latent is None else 4 * plan.chunk_latent + 1
+        need = tile_bytes(plan.latent_tile, frames)
+    elif tiling.mode == "official":
+        settings = official_settings(model.config)
+        frames = None if settings["frames_a_time"] is None else settings["frames_a_time"] + 1
+        need = tile_bytes(settings["latent_tile"], frames)
+    else:
+        need = tile_bytes(None, None)
+    return need, need
 
 
 def shrink_plan(plan: TilePlan) -> Optional[TilePlan]:

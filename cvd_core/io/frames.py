@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..guards import require_finite
+
 
 def _to_numpy(frames: Any) -> np.ndarray:
     """Return a numpy view/copy of a torch tensor or array-like without importing torch eagerly."""
@@ -26,7 +28,8 @@ def _to_numpy(frames: Any) -> np.ndarray:
 def check_multiview_frames(frames: Any, what: str = "frames") -> np.ndarray:
     """Validate a ``[V, T, H, W, 3]`` stack and return it as a numpy array (no copy when possible).
 
-    Accepts float arrays in 0..1 or uint8 arrays in 0..255. Raises ``ValueError`` naming the rule.
+    Accepts float arrays in 0..1 or uint8 arrays in 0..255; floats must be finite. Raises ``ValueError``
+    (``NonFiniteError`` for NaN/infinity) naming the rule.
     """
     array = _to_numpy(frames)
     if array.ndim != 5:
@@ -40,6 +43,8 @@ def check_multiview_frames(frames: Any, what: str = "frames") -> np.ndarray:
         raise ValueError(f"{what} must have at least one view, frame, row and column, got shape {tuple(array.shape)}")
     if not (np.issubdtype(array.dtype, np.floating) or array.dtype == np.uint8):
         raise ValueError(f"{what} must be float in 0..1 or uint8, got dtype {array.dtype}")
+    # NaN would silently become black pixels: refuse before anything is written or measured.
+    require_finite(array, what, axes=("view", "frame"), hint="nothing is written or measured")
     return array
 
 

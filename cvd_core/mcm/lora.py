@@ -15,6 +15,7 @@ Paths in the adapter are diffusers paths (``UNet2DConditionModel`` / ``UNetMotio
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
+
+from ..guards import NonFiniteError, require_finite
 
 PEFT_PREFIX = "base_model.model."
 DIFFUSERS_UNET_PREFIX = "unet."
@@ -118,25 +121,60 @@ def _module_scale(path: str, rank: int, config: Mapping, alphas: Mapping[str, fl
     return alphas.get(path, rank) / rank  # no config: kohya/diffusers-style alpha keys, else 1
 
 
-def _delta(a: torch.Tensor, b: torch.Tensor, path: str) -> torch.Tensor:
-    """``B @ A`` for linear (2-d) and conv (A [r,in,*k], B [out,r,1,...]) LoRA weights."""
+def _check_chain(a: torch.Tensor, b: torch.Tensor, path: str) -> None:
     if b.shape[1] != a.shape[0] or any(s != 1 for s in b.shape[2:]):
         raise ValueError(f"LoRA shapes for {path} do not chain: A {list(a.shape)}, B {list(b.shape)}")
+
+
+def _delta(a: torch.Tensor, b: torch.Tensor, path: str) -> torch.Tensor:
+    """``B @ A`` for linear (2-d) and conv (A [r,in,*k], B [out,r,1,...]) LoRA weights."""
+    _check_chain(a, b, path)
     product = b.flatten(1).float() @ a.flatten(1).float()
     return product.reshape(b.shape[0], *a.shape[1:])
 
 
-def lora_deltas(state_dict: Mapping[str, torch.Tensor], config: Optional[Mapping] = None) -> Dict[str, torch.Tensor]:
-    """``{diffusers module path: float32 delta weight}`` with the adapter's alpha/r folded in."""
+@dataclass(frozen=True)
+class LoRAFactors:
+    """One module's low-rank update ``delta = (up @ down) · scale`` (conv: ``up[:, :, 0, 0] @ down.flatten(1)``)."""
+
+    down: torch.Tensor  # A: [r, in] or [r, in, kh, kw]
+    up: torch.Tensor  # B: [out, r] or [out, r, 1, 1]
+    scale: float  # alpha / r (rsLoRA: alpha / sqrt(r))
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    @property
+    def delta_shape(self) -> torch.Size:
+        return torch.Size((self.up.shape[0], *self.down.shape[1:]))
+
+    def delta(self, path: str = "") -> torch.Tensor:
+        """The float32 delta weight (what :func:`lora_deltas` returns for this module)."""
+        return _delta(self.down, self.up, path) * self.scale
+
+
+def lora_factors(state_dict: Mapping[str, torch.Tensor], config: Optional[Mapping] = None) -> Dict[str, LoRAFactors]:
+    """``{diffusers module path: LoRAFactors}``: the adapter's A, B and scale per module, not multiplied out
+    (a memory manager can keep these few-rank factors and apply them when it loads the weights)."""
     pairs, alphas = _split_pairs(state_dict)
     config = dict(config or {})
     if config.get("fan_in_fan_out"):
         raise ValueError("fan_in_fan_out adapters (GPT-2 Conv1D layers) do not apply to UNets")
-    deltas = {}
+    factors = {}
     for path, ab in sorted(pairs.items()):
+        _check_chain(ab["A"], ab["B"], path)
         rank = ab["A"].shape[0]
-        deltas[path] = _delta(ab["A"], ab["B"], path) * _module_scale(path, rank, config, alphas)
-    return deltas
+        for name in ("A", "B"):
+            require_finite(ab[name], f"the LoRA factor {name} of {path}",
+                           hint="the adapter file is damaged or not a LoRA")
+        factors[path] = LoRAFactors(ab["A"], ab["B"], _module_scale(path, rank, config, alphas))
+    return factors
+
+
+def lora_deltas(state_dict: Mapping[str, torch.Tensor], config: Optional[Mapping] = None) -> Dict[str, torch.Tensor]:
+    """``{diffusers module path: float32 delta weight}`` with the adapter's alpha/r folded in."""
+    return {path: f.delta(path) for path, f in lora_factors(state_dict, config).items()}
 
 
 @dataclass
@@ -165,18 +203,87 @@ def _target_path(path: str, path_map: Optional[PathMap]) -> Optional[str]:
     return path_map.get(path, path)
 
 
-def _fit_delta(delta: torch.Tensor, weight: torch.Tensor) -> Optional[torch.Tensor]:
-    """The delta in the weight's shape; 1×1 convs and linears are interchangeable, else None."""
-    if delta.shape == weight.shape:
-        return delta
-
+def _shapes_fit(delta_shape, weight_shape) -> bool:
+    """Whether a delta reshapes onto the weight: equal, or 1×1 convs and linears (interchangeable)."""
     def core(shape):
         dims = list(shape)
         while len(dims) > 2 and dims[-1] == 1:
             dims.pop()
         return dims
 
-    return delta.reshape(weight.shape) if core(delta.shape) == core(weight.shape) else None
+    return tuple(delta_shape) == tuple(weight_shape) or core(delta_shape) == core(weight_shape)
+
+
+def _fit_delta(delta: torch.Tensor, weight: torch.Tensor) -> Optional[torch.Tensor]:
+    """The delta in the weight's shape; 1×1 convs and linears are interchangeable, else None."""
+    if delta.shape == weight.shape:
+        return delta
+    return delta.reshape(weight.shape) if _shapes_fit(delta.shape, weight.shape) else None
+
+
+def _target_module(root: nn.Module, path: str, delta_shape, path_map: Optional[PathMap]):
+    """``(target path, module)`` that ``path``'s delta applies to, or ``(None, reason)`` for the report."""
+    target = _target_path(path, path_map)
+    if target is None:
+        return None, "unmapped: no counterpart in this model"
+    try:
+        module = root.get_submodule(target)
+    except AttributeError:
+        return None, f"missing: no module {target}"
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        return None, f"no weight: {target} is {type(module).__name__}"
+    if not _shapes_fit(delta_shape, weight.shape):
+        return None, f"shape mismatch: delta {list(delta_shape)} vs weight {list(weight.shape)} at {target}"
+    return target, module
+
+
+def lora_targets(root: nn.Module, delta_shapes: Mapping[str, torch.Size], path_map: Optional[PathMap] = None
+                 ) -> Tuple[Dict[str, str], MergeReport]:
+    """Where each delta would go, without merging: ``({path: target module path}, report)``.
+
+    The same rules and report as :func:`merge_lora_into_module` (which merges exactly these).
+    """
+    targets: Dict[str, str] = {}
+    report = MergeReport()
+    for path, shape in delta_shapes.items():
+        target, found = _target_module(root, path, shape, path_map)
+        if target is None:
+            report.skipped.append((path, found))
+            continue
+        targets[path] = target
+        report.applied.append(path)
+    return targets, report
+
+
+def merged_weight(weight: torch.Tensor, delta: torch.Tensor, scale: float, path: str) -> torch.Tensor:
+    """``weight + scale * delta`` in the weight's dtype, computed in at least float32; raises ``NonFiniteError``
+    when the result is not finite there (a NaN strength, or a sum past fp16's 65504)."""
+    work = torch.promote_types(weight.dtype, torch.float32)  # float32 for half weights, float64 stays float64
+    merged = (weight.to(work) + scale * delta.to(weight.device, work)).to(weight.dtype)
+    require_finite(merged, f"the merged weight of {path}",
+                   hint=f"strength {scale} overflows {str(weight.dtype).replace('torch.', '')}: lower the strength, "
+                        "or load the model in bf16 or fp32")
+    return merged
+
+
+def _merge_plan(root: nn.Module, deltas: Mapping[str, torch.Tensor], path_map: Optional[PathMap]):
+    """``([(path, weight, fitted delta)], report with the skipped paths)``."""
+    report = MergeReport()
+    plan = []
+    for path, delta in deltas.items():
+        target, module = _target_module(root, path, delta.shape, path_map)
+        if target is None:
+            report.skipped.append((path, module))
+            continue
+        weight = module.weight
+        fitted = _fit_delta(delta, weight)
+        if fitted is None:
+            report.skipped.append((path, f"shape mismatch: delta {list(delta.shape)} vs weight "
+                                         f"{list(weight.shape)} at {target}"))
+            continue
+        plan.append((path, weight, fitted))
+    return plan, report
 
 
 @torch.no_grad()
@@ -186,31 +293,17 @@ def merge_lora_into_module(root: nn.Module, deltas: Mapping[str, torch.Tensor], 
 
     ``path_map`` (dict or callable; a callable returning None skips the path) maps diffusers paths
     to ``root``'s paths. Modules that are missing, have no weight or a different shape are
-    skipped with the reason; nothing is half-applied to a module. The sum is done in float32 and
-    cast back to the weight's dtype.
+    skipped with the reason. The sum is done in (at least) float32 and cast back to the weight's dtype.
+    All or nothing: every merged weight is checked to be finite in its dtype before the first one
+    is written (``NonFiniteError`` otherwise, and ``root`` is unchanged).
     """
-    report = MergeReport()
-    for path, delta in deltas.items():
-        target = _target_path(path, path_map)
-        if target is None:
-            report.skipped.append((path, "unmapped: no counterpart in this model"))
-            continue
-        try:
-            module = root.get_submodule(target)
-        except AttributeError:
-            report.skipped.append((path, f"missing: no module {target}"))
-            continue
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor):
-            report.skipped.append((path, f"no weight: {target} is {type(module).__name__}"))
-            continue
-        fitted = _fit_delta(delta, weight)
-        if fitted is None:
-            report.skipped.append((path, f"shape mismatch: delta {list(delta.shape)} vs weight "
-                                         f"{list(weight.shape)} at {target}"))
-            continue
-        merged = weight.float() + scale * fitted.to(weight.device, torch.float32)
-        weight.copy_(merged.to(weight.dtype))
+    if not math.isfinite(float(scale)):
+        raise NonFiniteError(f"LoRA strength must be a finite number, got {scale}")
+    plan, report = _merge_plan(root, deltas, path_map)
+    for path, weight, fitted in plan:  # check everything first (computing twice costs less than memory)
+        merged_weight(weight, fitted, scale, path)
+    for path, weight, fitted in plan:
+        weight.copy_(merged_weight(weight, fitted, scale, path))
         report.applied.append(path)
     return report
 

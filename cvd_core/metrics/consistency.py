@@ -11,7 +11,10 @@ j (OpenCV SIFT or ORB), matched with Lowe's ratio test, and scored two ways:
 The Sampson distance ``|x_j^T F x_i| / sqrt((F x_i)_1^2 + (F x_i)_2^2 + (F^T x_j)_1^2 + (F^T x_j)_2^2)``
 is the first-order approximation of how far (jointly, in both images) a match must move to satisfy
 the epipolar constraint: for horizontally rectified cameras it is ``|y_j - y_i| / sqrt(2)``.
-Pixel coordinates follow OpenCV: the centre of pixel (col u, row v) is ``(u, v)``.
+Keypoints come from OpenCV, which puts the centre of pixel (col u, row v) at ``(u, v)``; they are
+shifted by ``pixel_offset`` into the convention of the intrinsics ``F`` was made from (0.5 for the
+pack's rigs, whose pixel centres sit at +0.5 as in CameraCtrl's Plücker rays, COLMAP and nerfstudio;
+0, the default here, for intrinsics with integer pixel centres).
 
 Frames where ``F`` is (numerically) zero, e.g. CVD's frame 0 where every view has the identity pose,
 carry no epipolar constraint: they are reported with ``degenerate_f: true`` and left out of every
@@ -24,11 +27,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..io.frames import check_multiview_frames, to_uint8
 from ..progress import Progress, ensure_progress
-
-DETECTORS = ("sift", "orb")
-MIN_RANSAC_MATCHES = 8  # the 8-point algorithm inside findFundamentalMat needs at least 8 matches
+from .matching import DETECTORS, LOWE_RATIO, MatchCache, fundamental_inliers
 
 
 def sampson_distance(F: np.ndarray, points_src: np.ndarray, points_tgt: np.ndarray) -> np.ndarray:
@@ -58,49 +58,6 @@ def is_degenerate_fundamental(F: np.ndarray, width: int, height: int, tol: float
     return float(np.linalg.norm(to_pixels.T @ F @ to_pixels)) < tol
 
 
-def _make_detector(detector: str):
-    import cv2
-
-    if detector == "sift":
-        return cv2.SIFT_create(nfeatures=4000), cv2.NORM_L2
-    # ORB's default 31 px border would blank out most of a 64-128 px frame.
-    return cv2.ORB_create(nfeatures=4000, edgeThreshold=15, patchSize=15, fastThreshold=10), cv2.NORM_HAMMING
-
-
-def _features(image_rgb: np.ndarray, detector) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    import cv2
-
-    gray = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
-    keypoints, descriptors = detector.detectAndCompute(gray, None)
-    points = np.array([kp.pt for kp in keypoints], dtype=np.float64).reshape(-1, 2)
-    return points, descriptors
-
-
-def _ratio_matches(desc_src, desc_tgt, norm: int, ratio: float) -> np.ndarray:
-    """Index pairs ``[M, 2]`` (src, tgt) that pass Lowe's ratio test."""
-    import cv2
-
-    if desc_src is None or desc_tgt is None or len(desc_src) < 1 or len(desc_tgt) < 2:
-        return np.zeros((0, 2), dtype=np.int64)
-    knn = cv2.BFMatcher(norm).knnMatch(desc_src, desc_tgt, k=2)
-    kept = [(best.queryIdx, best.trainIdx) for best, second in (m for m in knn if len(m) == 2)
-            if best.distance < ratio * second.distance]
-    return np.array(kept, dtype=np.int64).reshape(-1, 2)
-
-
-def _ransac_inliers(points_src: np.ndarray, points_tgt: np.ndarray, threshold: float) -> Optional[np.ndarray]:
-    """Boolean inlier mask of a RANSAC fundamental-matrix fit, or None when it cannot run."""
-    import cv2
-
-    if len(points_src) < MIN_RANSAC_MATCHES:
-        return None
-    _, mask = cv2.findFundamentalMat(points_src.astype(np.float32), points_tgt.astype(np.float32),
-                                     cv2.FM_RANSAC, float(threshold), 0.999)
-    if mask is None:  # RANSAC found no model (e.g. all points collinear)
-        return np.zeros(len(points_src), dtype=bool)
-    return mask.ravel().astype(bool)[: len(points_src)]
-
-
 def _check_fundamentals(fundamentals: Mapping, views: int, steps: int) -> dict[tuple[int, int], np.ndarray]:
     if not isinstance(fundamentals, Mapping) or not fundamentals:
         raise ValueError("fundamentals must be a non-empty dict {(i, j): F [T, 3, 3]} with x_j^T F x_i = 0")
@@ -123,13 +80,25 @@ def _check_fundamentals(fundamentals: Mapping, views: int, steps: int) -> dict[t
     return checked
 
 
-def _select_frames(steps: int, max_frames: Optional[int]) -> list[int]:
+def select_frames(steps: int, max_frames: Optional[int]) -> list[int]:
     """All frames, or ``max_frames`` spread evenly over the video (first and last included)."""
     if max_frames is None or max_frames >= steps:
         return list(range(steps))
     if max_frames < 1:
         raise ValueError(f"max_frames must be at least 1 or None, got {max_frames}")
     return sorted({int(round(x)) for x in np.linspace(0, steps - 1, int(max_frames))})
+
+
+def _match_cache(frames, detector: str, ratio: float, matches: Optional[MatchCache]) -> MatchCache:
+    """``matches`` when given (checked against the frames and settings), otherwise a new cache."""
+    if matches is None:
+        return MatchCache(frames, detector, ratio)
+    if (matches.detector_name, matches.ratio) != (detector, float(ratio)):
+        raise ValueError(f"the match cache was made with {matches.detector_name} and ratio {matches.ratio}, "
+                         f"not {detector} and {ratio}")
+    if frames is not None and tuple(np.shape(frames)) != matches.shape:
+        raise ValueError(f"the match cache holds frames {list(matches.shape)}, not {list(np.shape(frames))}")
+    return matches
 
 
 def _mean(values: Sequence[float]) -> Optional[float]:
@@ -140,15 +109,15 @@ def _median(values: Sequence[float]) -> Optional[float]:
     return float(np.median(values)) if len(values) else None
 
 
-def _score_frame(points_i, desc_i, points_j, desc_j, F, degenerate, norm, ratio, ransac_thresh):
-    """One pair at one frame: the report row and the distances that feed the aggregates."""
-    matches = _ratio_matches(desc_i, desc_j, norm, ratio)
-    src, tgt = points_i[matches[:, 0]], points_j[matches[:, 1]]
-    inliers = _ransac_inliers(src, tgt, ransac_thresh)
-    distances = np.zeros(0) if degenerate or len(matches) == 0 else sampson_distance(F, src, tgt)
+def _score_frame(src, tgt, F, degenerate, ransac_thresh, pixel_offset):
+    """One pair at one frame (matched points ``src`` <-> ``tgt``): the report row and the distances
+    that feed the aggregates."""
+    src, tgt = src + pixel_offset, tgt + pixel_offset
+    inliers = fundamental_inliers(src, tgt, ransac_thresh)
+    distances = np.zeros(0) if degenerate or len(src) == 0 else sampson_distance(F, src, tgt)
     inlier_distances = distances[inliers] if inliers is not None and len(distances) else np.zeros(0)
     row = {
-        "matches": int(len(matches)),
+        "matches": int(len(src)),
         "inliers": None if inliers is None else int(inliers.sum()),
         "inlier_ratio": None if inliers is None else float(inliers.mean()),
         "degenerate_f": bool(degenerate),
@@ -183,9 +152,11 @@ def multiview_consistency(
     detector: str = "sift",
     max_frames: Optional[int] = None,
     ransac_thresh: float = 1.0,
-    ratio: float = 0.75,
+    ratio: float = LOWE_RATIO,
     degenerate_tol: float = 1e-6,
     progress: Optional[Progress] = None,
+    matches: Optional[MatchCache] = None,
+    pixel_offset: float = 0.0,
 ) -> dict:
     """Score how well generated views agree with the rig's epipolar geometry.
 
@@ -200,42 +171,37 @@ def multiview_consistency(
         ratio: Lowe's ratio-test threshold.
         degenerate_tol: norm below which an image-normalised F counts as zero.
         progress: advanced once per (pair, frame); raising from it cancels.
+        matches: a :class:`~cvd_core.metrics.matching.MatchCache` of these frames with the same
+            detector and ratio, to share keypoints and matches with other metrics (made here if None).
+        pixel_offset: added to OpenCV keypoints to reach the pixel convention of the K behind ``F``.
 
     Returns:
         A JSON-serialisable dict: settings, ``pairs`` (a list of ``{"pair": [i, j], "frames": [rows],
         "summary": {...}}``) and ``overall`` (the same summary pooled over all pairs). Missing values
         (no matches, degenerate F) are ``None``.
     """
-    array = check_multiview_frames(frames)
-    views, steps, height, width, _ = array.shape
     if detector not in DETECTORS:
         raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
     if not 0 < ratio <= 1:
         raise ValueError(f"ratio must be in (0, 1], got {ratio}")
     if not ransac_thresh > 0:
         raise ValueError(f"ransac_thresh must be positive (pixels), got {ransac_thresh}")
+    matches = _match_cache(frames, detector, ratio, matches)
+    views, steps, height, width, _ = matches.shape
     checked = _check_fundamentals(fundamentals, views, steps)
-    frame_indices = _select_frames(steps, max_frames)
+    frame_indices = select_frames(steps, max_frames)
     pairs = sorted(checked)
 
     progress = ensure_progress(progress)
     progress.start(len(pairs) * len(frame_indices))
-    feature_detector, norm = _make_detector(detector)
-    cache: dict[tuple[int, int], tuple] = {}
-
-    def features(view: int, t: int):
-        if (view, t) not in cache:  # each view appears in several pairs: detect once
-            cache[(view, t)] = _features(to_uint8(array[view, t]), feature_detector)
-        return cache[(view, t)]
-
     pair_reports, all_rows, all_distances, all_inlier_distances = [], [], [], []
     for i, j in pairs:
         rows, distances, inlier_distances = [], [], []
         for t in frame_indices:
             F = checked[(i, j)][t]
             degenerate = is_degenerate_fundamental(F, width, height, degenerate_tol)
-            row, dist, inlier_dist = _score_frame(*features(i, t), *features(j, t), F, degenerate,
-                                                  norm, ratio, ransac_thresh)
+            row, dist, inlier_dist = _score_frame(*matches.matches(i, j, t), F, degenerate, ransac_thresh,
+                                                  pixel_offset)
             rows.append({"frame": int(t), **row})
             distances.append(dist)
             inlier_distances.append(inlier_dist)
@@ -249,6 +215,7 @@ def multiview_consistency(
         "detector": detector,
         "ratio": float(ratio),
         "ransac_thresh": float(ransac_thresh),
+        "pixel_offset": float(pixel_offset),
         "views": int(views),
         "frames": int(steps),
         "width": int(width),
@@ -275,4 +242,22 @@ def format_consistency_summary(report: dict) -> str:
     s = report["overall"]
     lines.append(f"  overall: Sampson mean {fmt(s['sampson_mean_px'], ' px')}, "
                  f"median {fmt(s['sampson_median_px'], ' px')}, inlier ratio {fmt(s['inlier_ratio_mean'])}")
+    pose = report.get("pose")
+    if pose:
+        o = pose["overall"]
+
+        def auc(values):
+            return "n/a" if values is None else "/".join(f"{v:.1f}" for v in values.values())
+
+        lines.append(f"  pose ({pose['estimator_name']}): AUC@5/10/20 rotation {auc(o['rotation_auc_pct'])} %, "
+                     f"translation {auc(o['translation_auc_pct'])} %; median error rotation "
+                     f"{fmt(o['rotation_error_median_deg'], ' deg')}, translation "
+                     f"{fmt(o['translation_error_median_deg'], ' deg')}; P {fmt(o['precision_pct'], ' %')}, "
+                     f"MS {fmt(o['matching_score_pct'], ' %')}; {o['evaluated']} pair-frames, {o['failures']} failed, "
+                     f"{o['same_pose']} with identical cameras left out")
+    counts = report.get("match_count")
+    if counts:
+        o = counts["overall"]
+        lines.append(f"  matched pixels (Mat.Pix-style, {report['detector']}): mean {fmt(o['matched_pixels_mean'])} "
+                     f"per pair-frame, min {o['matched_pixels_min'] if o['matched_pixels_min'] is not None else 'n/a'}")
     return "\n".join(lines)

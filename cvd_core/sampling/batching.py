@@ -75,9 +75,10 @@ def _layout(units: List[List[Row]], pairs: Sequence[Pair]) -> CallPlan:
     return CallPlan(rows, partner)
 
 
-def plan_calls(pairs: Sequence[Pair], branches: Sequence[int], max_batch: int) -> List[CallPlan]:
-    """Split one iteration into calls of at most ``max_batch`` rows, in pair order."""
-    units = _units(pairs, branches)
+def _pack(units: List[List[Row]], pairs: Sequence[Pair], max_batch: int) -> List[CallPlan]:
+    """Greedy packing of ``units`` (in their order) into calls of at most ``max_batch`` rows."""
+    if not units:
+        return []
     unit_size = len(units[0])
     if max_batch < unit_size:
         raise ValueError(f"max_batch must be at least {unit_size} (one view pair for one CFG branch "
@@ -88,6 +89,36 @@ def plan_calls(pairs: Sequence[Pair], branches: Sequence[int], max_batch: int) -
             calls.append([])
         calls[-1].append(unit)
     return [_layout(c, pairs) for c in calls]
+
+
+def plan_calls(pairs: Sequence[Pair], branches: Sequence[int], max_batch: int) -> List[CallPlan]:
+    """Split one iteration into calls of at most ``max_batch`` rows, in pair order."""
+    return _pack(_units(pairs, branches), pairs, max_batch)
+
+
+def plan_calls_split(pairs: Sequence[Pair], branches: Sequence[int], max_batch: int,
+                     parts: int) -> List[List[CallPlan]]:
+    """One iteration's rows split over ``parts`` devices, balanced by rows, then packed per device.
+
+    The units (a pair for one branch, or a lone view's branch) are cut into ``parts`` contiguous
+    runs in pair order whose sizes differ by at most one unit, so every device gets the same rows
+    to within one pair, and reading the devices' calls one after the other visits every view's
+    rows in the same pair order as ``plan_calls``: the sampler's per-view sums add the same terms
+    in the same order whatever the split. ``parts`` = 1 is ``[plan_calls(...)]``. A device may get
+    no call when there are fewer units than devices.
+    """
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, got {parts}")
+    units = _units(pairs, branches)
+    base, extra = divmod(len(units), parts)
+    plans, start = [], 0
+    for part in range(parts):
+        size = base + (1 if part < extra else 0)
+        plans.append(_pack(units[start:start + size], pairs, max_batch))
+        start += size
+    if parts > 1 and units and max_batch < len(units[0]):  # an empty part must not hide a bad max_batch
+        _pack(units[:1], pairs, max_batch)
+    return plans
 
 
 def estimate_row_bytes(view_latent_shape: Sequence[int], dtype: torch.dtype = torch.float16) -> int:

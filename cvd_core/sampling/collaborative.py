@@ -41,16 +41,17 @@ conditional rows per iteration (E = entities whose mask is not empty; empty ones
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..guards import NonFiniteError, first_non_finite, precision_hint, require_finite
 from ..progress import Progress, ensure_progress
 from . import noise as noise_streams
-from .batching import CallPlan, auto_max_batch, plan_calls, rows_per_iteration
+from .batching import CallPlan, auto_max_batch, rows_per_iteration
+from .executor import Denoiser, Iteration, LocalExecutor, RowExecutor, RowInputs
 from .pairing import MAX_VIEWS, Pair, pair_schedule, pairs_per_view
 from .scheduler_base import DiscreteScheduler
 
@@ -115,6 +116,8 @@ def _validate(latents: torch.Tensor, plucker: torch.Tensor, F_of, strategy: str,
         raise ValueError(f"recurrence must be >= 1, got {recurrence}")
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
+    require_finite(latents, "the start latents", axes=("view", "channel", "frame"),
+                   hint="give finite latents (a NaN start can only give NaN videos)")
     if partitions > 1 and strategy != "random":
         raise ValueError(f"partitions > 1 needs strategy 'random' (the '{strategy}' pairing is the same "
                          f"for every partition), got partitions={partitions}")
@@ -183,77 +186,34 @@ def _blend_regional(cond: torch.Tensor, regional_eps: Sequence[torch.Tensor],
     return out
 
 
-ROW_COND, ROW_UNCOND = 0, 1  # row kinds as ComfyUI numbers them (cond_or_uncond)
-
-
-def _accepts_keyword(function, name: str) -> bool:
-    """Whether ``function`` can be called with the keyword ``name`` (False if it cannot be inspected)."""
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == name and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or p.kind == p.VAR_KEYWORD
-               for p in parameters)
-
-
 class _Runner:
-    """Holds the per-run inputs and runs the denoiser calls of one iteration.
+    """Holds the per-run inputs and turns one iteration's calls into the per-view noise prediction.
 
     Branches: 0 = unconditional, 1 = conditional, 2 + e = conditional with entity e's prompt.
+    Where the calls run is the executor's business (``executor.py``).
     """
 
-    def __init__(self, denoiser, latents, cond, uncond, plucker, fundamentals, guidance_scale,
+    def __init__(self, executor: RowExecutor, latents, cond, uncond, plucker, fundamentals, guidance_scale,
                  use_cfg, max_batch, progress, regional=()):
-        self.denoiser = denoiser
-        self.predict = getattr(denoiser, "predict_noise", denoiser)
-        self.pass_row_kinds = _accepts_keyword(self.predict, "row_kinds")
-        self.model_device = torch.device(getattr(denoiser, "device", latents.device))
-        model_dtype = getattr(denoiser, "dtype", None)
-        self.model_dtype = model_dtype if isinstance(model_dtype, torch.dtype) else torch.float32
-        self.texts = tuple(_common_tokens([uncond, cond] + [text for text, _ in regional]))
+        self.executor = executor
+        self.rows = RowInputs(_common_tokens([uncond, cond] + [text for text, _ in regional]), plucker,
+                              fundamentals)
         self.masks = [mask for _, mask in regional]
-        self.plucker = plucker
-        self.fundamentals = fundamentals
         self.guidance_scale = guidance_scale
         self.branches = ((0, 1) if use_cfg else (1,)) + tuple(2 + e for e in range(len(regional)))
         self.max_batch = max_batch
         self.progress = progress
         self.n_views = latents.shape[0]
 
-    def _call(self, plan: CallPlan, latents: torch.Tensor, t: int) -> torch.Tensor:
-        dev, dt = self.model_device, self.model_dtype
-        views = [r.view for r in plan.rows]
-        x = latents[views].to(dev, dt)
-        text = torch.stack([self.texts[r.branch][r.view] for r in plan.rows]).to(dev, dt)
-        pl = self.plucker[views].to(dev, dt)
-        if plan.partner is None:
-            f_mats, partner = None, None
-        else:
-            # F stays float32 whatever the model dtype: its entries span ~1e-7..1 (pixel units), so
-            # fp16 flushes them to subnormals/zero and moves the epipolar bias by up to ~4 (bf16: ~0.8).
-            f_mats = torch.stack([self.fundamentals(r.view, plan.rows[p].view)
-                                  for r, p in zip(plan.rows, plan.partner)]).to(dev, torch.float32)
-            partner = torch.tensor(plan.partner, dtype=torch.long, device=dev)
-        timestep = torch.tensor(t, dtype=torch.long, device=dev)
-        extra = {"row_kinds": [ROW_UNCOND if r.branch == 0 else ROW_COND for r in plan.rows]} \
-            if self.pass_row_kinds else {}
-        out = self.predict(x, timestep, text, pl, f_mats, partner, **extra)
-        if tuple(out.shape) != tuple(x.shape):
-            raise ValueError(f"denoiser returned shape {list(out.shape)} for input {list(x.shape)}")
-        return out.to(latents.device, torch.float32)
+    def calls_for(self, pairs: Sequence[Pair]) -> List[List[CallPlan]]:
+        return self.executor.plan(pairs, self.branches, self.max_batch)
 
-    def calls_for(self, pairs: Sequence[Pair]) -> List[CallPlan]:
-        return plan_calls(pairs, self.branches, self.max_batch)
-
-    def predict_eps(self, latents: torch.Tensor, t: int, pairs: Sequence[Pair]) -> torch.Tensor:
+    def predict_eps(self, latents: torch.Tensor, iteration: Iteration, pairs: Sequence[Pair]) -> torch.Tensor:
         """Per-view noise prediction: mean over the view's pairs, then CFG."""
         sums = {b: torch.zeros_like(latents) for b in self.branches}
-        for plan in self.calls_for(pairs):
-            self.progress.check()
-            out = self._call(plan, latents, t)
+        for plan, out in self.executor.run(self.calls_for(pairs), latents, iteration, self.progress):
             for n, r in enumerate(plan.rows):
                 sums[r.branch][r.view] += out[n]
-            self.progress.advance(1)  # may raise: the user cancelled
         counts = pairs_per_view(self.n_views, pairs) if pairs else [1]
         div = torch.tensor(counts, dtype=torch.float32, device=latents.device).view(-1, 1, 1, 1, 1)
         cond = sums[1] / div
@@ -265,6 +225,16 @@ class _Runner:
         return uncond + self.guidance_scale * (cond - uncond)
 
 
+def _stop_if_not_finite(values: torch.Tensor, what: str, step: int, n_steps: int, timestep: int,
+                       model_dtype: torch.dtype) -> None:
+    """Stop sampling at the first step whose values are NaN or infinite (they would only spread)."""
+    index = first_non_finite(values)
+    if index is not None:
+        raise NonFiniteError(f"the {what} at step {step + 1} of {n_steps} (timestep {int(timestep)}) is not finite "
+                             f"(NaN or infinity, first at view {index[0]}), so sampling stopped at that step; "
+                             f"{precision_hint(model_dtype)}")
+
+
 @torch.no_grad()
 def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
                      uncond: Optional[torch.Tensor], plucker: torch.Tensor,
@@ -273,7 +243,8 @@ def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
                      max_batch: Optional[int] = None, seed: int = 0,
                      progress: Optional[Progress] = None,
                      preview_callback: Optional[PreviewCallback] = None,
-                     partitions: int = 1, regional: Optional[Regional] = None) -> torch.Tensor:
+                     partitions: int = 1, regional: Optional[Regional] = None,
+                     executor: Optional[RowExecutor] = None) -> torch.Tensor:
     """Denoise N views together; returns the final latents ``[V, C, F, h, w]`` (float32).
 
     - ``latents_init``: x_T (e.g. ``noise.initial_noise``, or ``scheduler.add_noise`` for a
@@ -293,8 +264,16 @@ def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
       [V or 1, 1, F, h, w])`` with mask values in [0, 1] at latent size; each entity's prompt
       steers the conditional prediction inside its mask (masked noise-prediction blending, see the
       module doc). Costs one more set of conditional rows per entity; None or [] = off.
+    - ``executor``: where the denoiser calls run (``executor.RowExecutor``; ``cvd_core.parallel``
+      has several devices and ``torch.distributed`` ranks). None = every call on ``denoiser``, in
+      order (``LocalExecutor``); ``denoiser`` is then the only model used, otherwise it is ignored.
+
+    Raises ``NonFiniteError`` (a ``ValueError``) at the first step whose noise prediction or updated
+    latents hold NaN or infinity, naming the step (half precision overflow is the usual cause).
     """
     _validate(latents_init, plucker, F_of, strategy, recurrence, partitions)
+    if not math.isfinite(float(guidance_scale)):
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
     n_views, _, frames = latents_init.shape[:3]
     use_cfg = float(guidance_scale) != 1.0
     if getattr(scheduler, "guidance_distilled", False) and use_cfg:
@@ -314,30 +293,40 @@ def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
     schedule = [[_iteration_pairs(n_views, strategy, i, seed, r, partitions)
                  for r in range(recurrence if i != n_steps - 1 else 1)] for i in range(n_steps)]
     n_branches = (2 if use_cfg else 1) + len(regional)
+    if executor is None:
+        executor = LocalExecutor(denoiser, latents.device)
     if max_batch is None:
         widest = max(rows_per_iteration(len(p), n_branches) for step in schedule for p in step)
-        model_dtype = getattr(denoiser, "dtype", torch.float32)
-        max_batch = auto_max_batch(view_shape, widest, n_views,
-                                   torch.device(getattr(denoiser, "device", latents.device)),
-                                   model_dtype if isinstance(model_dtype, torch.dtype) else torch.float32)
-    runner = _Runner(denoiser, latents, cond, uncond, plucker, _Fundamentals(F_of, frames),
+        max_batch = min(auto_max_batch(view_shape, widest, n_views, d.device, d.dtype)
+                        for d in executor.denoisers or [Denoiser(denoiser, latents.device)])
+    runner = _Runner(executor, latents, cond, uncond, plucker, _Fundamentals(F_of, frames),
                      float(guidance_scale), use_cfg, int(max_batch), progress, regional)
-    progress.start(sum(len(runner.calls_for(p)) for step in schedule for p in step))
-
-    for i, t in enumerate(scheduler.timesteps):
-        iterations = schedule[i]
-        for r, pairs in enumerate(iterations):
-            eps = runner.predict_eps(latents, t, pairs)
-            step_noise = None
-            if scheduler.step_needs_noise(i):
-                step_noise = noise_streams.multiview_noise(seed, noise_streams.STEP, i, r, n_views,
-                                                           view_shape, latents.device)
-            out = scheduler.step(eps, i, latents, step_noise)
-            latents = out.prev_sample
-            if r != len(iterations) - 1:
-                renoise = noise_streams.multiview_noise(seed, noise_streams.RECURRENCE, i, r, n_views,
-                                                        view_shape, latents.device)
-                latents = scheduler.renoise(latents, i, renoise)
-        if preview_callback is not None:
-            preview_callback(i, n_steps, out.pred_original_sample[0])
+    # the precision named by the non-finite guard's hint: the lowest of the local models
+    model_dtype = min((d.dtype for d in executor.denoisers), key=lambda dt: torch.finfo(dt).bits,
+                      default=torch.float32)
+    failed = True
+    executor.begin(runner.rows, sorted({pair for step in schedule for p in step for pair in p}), latents)
+    try:
+        progress.start(sum(len(part) for step in schedule for p in step for part in runner.calls_for(p)))
+        for i, t in enumerate(scheduler.timesteps):
+            iterations = schedule[i]
+            for r, pairs in enumerate(iterations):
+                eps = runner.predict_eps(latents, Iteration(i, n_steps, r, int(t)), pairs)
+                _stop_if_not_finite(eps, "noise prediction", i, n_steps, t, model_dtype)
+                step_noise = None
+                if scheduler.step_needs_noise(i):
+                    step_noise = noise_streams.multiview_noise(seed, noise_streams.STEP, i, r, n_views,
+                                                               view_shape, latents.device)
+                out = scheduler.step(eps, i, latents, step_noise)
+                latents = out.prev_sample
+                _stop_if_not_finite(latents, "latents after the update", i, n_steps, t, model_dtype)
+                if r != len(iterations) - 1:
+                    renoise = noise_streams.multiview_noise(seed, noise_streams.RECURRENCE, i, r, n_views,
+                                                            view_shape, latents.device)
+                    latents = scheduler.renoise(latents, i, renoise)
+            if preview_callback is not None:
+                preview_callback(i, n_steps, out.pred_original_sample[0])
+        failed = False
+    finally:
+        executor.end(failed)
     return latents

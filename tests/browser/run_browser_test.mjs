@@ -4,10 +4,12 @@
 //
 // Usage: node run_browser_test.mjs config.json
 //   config: {url, prompt (API format), workflow (UI format), multiview_node, rig_node, views, fps, frames,
-//            out_dir, chromium}
+//            out_dir, chromium, expect_first_run_dialog}
 //
-// Works with the 2024 legacy UI and the current frontend: only window.app, app.loadGraphData,
-// app.graph/app.canvas (LiteGraph) and the /scripts/api.js module are used.
+// One script for the three UIs the pack is tested in: the 2024 legacy UI, and the current frontend in
+// its classic LiteGraph canvas and in Vue nodes mode (the server-side setting is chosen by the caller
+// before the page loads). Only window.app, app.loadGraphData, app.graph/app.canvas (LiteGraph), the
+// /scripts/api.js module and the page's DOM are used, plus real mouse input for the interactions.
 
 import fs from "node:fs";
 import os from "node:os";
@@ -17,6 +19,10 @@ import { chromium } from "playwright-core";
 const HEADLESS_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
   "--disable-background-networking", "--disable-component-update", "--disable-sync"];
 const EXTENSION_URL = "/extensions/cvd-multiview/cvd_multiview.js";
+const PACK_URL_PART = "/extensions/cvd-multiview/";
+// Any open modal: the current frontend's dialogs (reka-ui) and the older PrimeVue ones.
+const OPEN_DIALOG = '[role="dialog"][data-state="open"], .p-dialog-mask';
+const FIRST_RUN_DIALOG = '[data-dialog-key="global-workflow-template-selector"]';
 
 const config = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
 fs.mkdirSync(config.out_dir, { recursive: true });
@@ -34,11 +40,36 @@ function loopSpread(times, duration) {
   let worst = 0;
   for (const a of times) {
     for (const b of times) {
-      let d = (((a - b) % duration) + duration) % duration;
+      const d = (((a - b) % duration) + duration) % duration;
       worst = Math.max(worst, Math.min(d, duration - d));
     }
   }
   return worst;
+}
+
+/** Signed a - b folded into [-duration/2, duration/2). */
+function loopDiff(a, b, duration) {
+  let d = (((a - b) % duration) + duration) % duration;
+  if (d >= duration / 2) d -= duration;
+  return d;
+}
+
+// Runs in the page before any of its scripts: keep every console warning/error with the stack of
+// the call, so that a deprecation warning can be traced to the code that caused it.
+function recordConsole() {
+  window.__cvdConsole = [];
+  for (const level of ["warn", "error", "log", "info"]) {
+    const original = console[level].bind(console);
+    console[level] = (...args) => {
+      try {
+        const text = args.map((a) => (typeof a === "string" ? a : a instanceof Error ? a.message : (() => {
+          try { return JSON.stringify(a); } catch { return String(a); }
+        })())).join(" ");
+        if (/deprecat/i.test(text)) window.__cvdConsole.push({ level, text, stack: new Error().stack ?? "" });
+      } catch { /* never break the page's logging */ }
+      return original(...args);
+    };
+  }
 }
 
 async function main() {
@@ -59,6 +90,7 @@ async function main() {
 
 async function run(context) {
   const page = context.pages()[0] ?? (await context.newPage());
+  await page.addInitScript(recordConsole);
   page.on("console", (msg) => { if (msg.type() === "error") report.console_errors.push(msg.text()); });
   page.on("pageerror", (error) => report.console_errors.push(`pageerror: ${error.message}`));
   phase("browser_started");
@@ -73,14 +105,10 @@ async function run(context) {
     return Array.from(list).some((e) => e.name === "cvd.multiview");
   });
   report.ui = await page.evaluate(() => ({
-    legacy: !window.__COMFYUI_FRONTEND_VERSION__, // only the Vue frontend sets it
+    legacy: !window.__COMFYUI_FRONTEND_VERSION__, // only the current frontend sets it
     frontend_version: window.__COMFYUI_FRONTEND_VERSION__ ?? null,
   }));
-  // The current frontend greets a new user (fresh profile) with a templates dialog: close it.
-  for (let i = 0; i < 3 && await page.locator(".p-dialog-mask").count(); i++) {
-    await page.keyboard.press("Escape");
-    await sleep(300);
-  }
+  report.first_run_dialog = await settleStartup(page, !report.ui.legacy && config.expect_first_run_dialog);
   phase("ui_loaded");
 
   // Load the workflow as a person would (drag & drop calls the same function), then queue the
@@ -91,6 +119,8 @@ async function run(context) {
     window.widgetElement = (id, name) => window.app.graph.getNodeById(Number(id)).widgets
       .find((w) => w.name === name).element;
   }, config.workflow);
+  report.free_area = await freeCanvasArea(page);
+  await showGraphOrigin(page, report.free_area);
   report.pack_nodes_marked = await page.evaluate((ids) => ids.every(
     (id) => window.app.graph.getNodeById(Number(id))?.cvdExtension === "cvd.multiview"),
   [config.multiview_node, config.rig_node]);
@@ -115,96 +145,33 @@ async function run(context) {
     return grid && grid.videos.length === views && grid.videos.every((v) => v.readyState >= 2)
       && rigView && rigView.drawCount > 0;
   }, { mv: config.multiview_node, rig: config.rig_node, views: config.views }, { timeout: 90000, polling: 100 });
+  await showGraphOrigin(page, report.free_area); // the nodes grew: redraw them where they belong
+  report.ui.vue_nodes = await page.evaluate((id) => !!document.querySelector(`.lg-node[data-node-id="${id}"]`),
+    config.multiview_node);
   phase("previews_ready");
 
   await page.evaluate((mv) => {
     window.__cvdGrid = window.app.graph.getNodeById(Number(mv)).widgets
       .find((w) => w.name === "cvd_multiview_players").element.cvdController;
   }, config.multiview_node);
-  const duration = config.frames / config.fps;
-  const sample = () => page.evaluate(() => {
-    const g = window.__cvdGrid;
-    return {
-      times: g.videos.map((v) => v.currentTime), paused: g.videos.map((v) => v.paused),
-      seeking: g.videos.some((v) => v.seeking), clock: g.clock.time(), playing: g.clock.playing,
-      frame: g.clock.frame(), frame_text: g.frameText.textContent, resyncs: g.resyncs,
-    };
-  });
-  const settled = async () => {
-    await page.waitForFunction(() => !window.__cvdGrid.videos.some((v) => v.seeking || v.readyState < 2),
-      null, { timeout: 10000, polling: 20 });
-    return sample();
-  };
-  const measure = (s, extra = {}) => ({ ...s, spread: loopSpread(s.times, duration), ...extra });
 
-  // The grid starts playing by itself (muted videos may autoplay).
-  const grid = await page.evaluate(async () => {
-    const g = window.__cvdGrid;
-    const root = g.host;
-    const links = [...root.querySelectorAll("a.cvd-download")];
-    const status = await Promise.all(links.map((a) => fetch(a.href).then((r) => r.status, () => 0)));
-    return {
-      videos: root.querySelectorAll("video").length,
-      labels: [...root.querySelectorAll(".cvd-view-label")].map((e) => e.textContent),
-      ready_states: g.videos.map((v) => v.readyState),
-      downloads: links.map((a) => a.getAttribute("href")),
-      download_status: status,
-      can_play_mp4: document.createElement("video").canPlayType('video/mp4; codecs="avc1.42E01E"'),
-    };
-  });
-  report.grid = grid;
-  report.sync = {};
-
-  // 1. playing: all views advance together.
-  const start = await settled();
-  await sleep(1500);
-  let now = await sample();
-  report.sync.playing = measure(now, { advanced: loopSpread([now.clock, start.clock], duration) });
-
-  // 2. push one player half a loop off the clock: the grid must seek it back within a few frames.
-  const before = now.resyncs;
-  await page.evaluate((d) => {
-    const video = window.__cvdGrid.videos[1];
-    video.currentTime = (video.currentTime + d / 2) % d;
-  }, duration);
-  await sleep(600);
-  now = await settled();
-  report.sync.after_desync = measure(now, { resyncs: now.resyncs - before });
-
-  // 3. pause with the button, scrub the shared timeline to frame 5.
-  await page.click(".cvd-player-grid button.cvd-play");
-  await page.evaluate(() => {
-    const slider = window.__cvdGrid.slider;
-    slider.value = "5";
-    slider.dispatchEvent(new Event("input", { bubbles: true }));
-    slider.dispatchEvent(new Event("change", { bubbles: true }));
-  });
-  await sleep(300);
-  now = await settled();
-  report.sync.after_seek = measure(now, { paused: now.paused.every(Boolean) && !now.playing });
-
-  // 4. play again from there.
-  const resumed = now;
-  await page.click(".cvd-player-grid button.cvd-play");
-  await sleep(800);
-  now = await sample();
-  report.sync.playing_after_seek = measure(now, { advanced: loopSpread([now.clock, resumed.clock], duration) });
+  report.grid = await gridFacts(page);
+  report.sync = await sharedClockFacts(page);
   phase("sync_checked");
+  report.scrub = await scrubFacts(page, config.multiview_node);
+  phase("scrub_checked");
 
-  // Rig view: ink on the canvas, one legend colour per view, and a drag orbits the camera.
+  // Rig view: ink on the canvas, one legend colour per view, a drag orbits the camera, the wheel zooms it.
   report.rig = await rigFacts(page, config.rig_node, config.views);
-  const box = await page.evaluate((rig) => {
-    const canvas = widgetElement(rig, "cvd_rig_view").querySelector("canvas");
-    const r = canvas.getBoundingClientRect();
-    return { x: r.x, y: r.y, width: r.width, height: r.height };
-  }, config.rig_node);
   const beforeDrag = report.rig.hash;
+  const box = await elementBox(page, config.rig_node, "cvd_rig_view", "canvas");
   await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
   await page.mouse.down();
   await page.mouse.move(box.x + box.width / 2 + 80, box.y + box.height / 2 + 20, { steps: 5 });
   await page.mouse.up();
   const afterDrag = await rigFacts(page, config.rig_node, config.views);
   report.rig.changed_after_drag = afterDrag.hash !== beforeDrag;
+  report.wheel = await wheelFacts(page, config.rig_node);
   await page.evaluate((rig) => {
     const view = widgetElement(rig, "cvd_rig_view").cvdController;
     view.reset();
@@ -233,51 +200,278 @@ async function run(context) {
   }, config.multiview_node);
   phase("rerun_checked");
 
-  // Resizing the node re-lays out the same players (nothing is rebuilt or lost).
-  report.resize = await page.evaluate(async (mv) => {
-    const node = window.app.graph.getNodeById(Number(mv));
-    const host = widgetElement(mv, "cvd_multiview_players");
-    const frames = () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
-    const redraw = async () => {
-      window.app.canvas.setDirty(true, true);
-      window.app.canvas.draw(true, true);
-      await frames();
-    };
-    await redraw();
-    const before = host.offsetWidth;
-    node.setSize([node.size[0] + 200, node.size[1] + 150]);
-    await redraw();
-    const after = host.offsetWidth;
-    const video = host.querySelector("video").getBoundingClientRect();
-    node.setSize([node.size[0] - 200, node.size[1] - 150]); // back: compact screenshots
-    await redraw();
-    return { before, after, same_players: host.cvdController === window.__cvdGrid,
-      videos: host.querySelectorAll("video").length, video_height: video.height };
-  }, config.multiview_node);
+  report.resize = await resizeFacts(page, config.multiview_node);
+  report.message = await messageFacts(page, config.rig_node);
 
   // Screenshots: each node alone at scale 1, then the same box of empty canvas as the background reference.
   await page.click(".cvd-player-grid button.cvd-play"); // pause: a steady frame for the picture
-  await shootNode(page, config.multiview_node, path.join(config.out_dir, "multiview_grid.png"));
-  await shootNode(page, config.rig_node, path.join(config.out_dir, "rig_view.png"));
-  await shootNode(page, config.rig_node, path.join(config.out_dir, "background.png"), true);
+  const shots = {};
+  shots.multiview_grid = await shootNode(page, config.multiview_node, path.join(config.out_dir, "multiview_grid.png"));
+  shots.rig_view = await shootNode(page, config.rig_node, path.join(config.out_dir, "rig_view.png"));
+  shots.background = await shootNode(page, config.rig_node, path.join(config.out_dir, "background.png"), shots.rig_view.clip);
+  report.shots = shots;
   phase("screenshots");
+  report.deprecations = await deprecationFacts(page);
   report.ok = true;
 }
 
-/** POST /prompt from the page, under its client id, so that it receives progress and executed messages. */
-async function queuePrompt(page, prompt, workflow) {
-  const queued = await page.evaluate(async ({ prompt, workflow }) => {
-    const { api } = await import("/scripts/api.js");
-    for (let i = 0; i < 100 && !api.clientId; i++) await new Promise((r) => setTimeout(r, 100));
-    const response = await fetch(api.apiURL("/prompt"), {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ prompt, client_id: api.clientId, extra_data: { extra_pnginfo: { workflow } } }),
-    });
-    return { status: response.status, body: await response.json() };
-  }, { prompt, workflow });
-  if (queued.status !== 200) throw new Error(`/prompt refused the workflow: ${JSON.stringify(queued.body)}`);
+// ------------------------------------------------------------------------------ start-up
+
+/**
+ * Let the UI finish starting before the test touches the graph. The current frontend restores or
+ * loads a workflow after `window.app` exists; for a new user (server setting Comfy.TutorialCompleted
+ * unset) it loads a blank workflow and opens the template browser, a modal over the canvas. A new
+ * user closes it with Escape, and so does this test, then waits until no modal is left.
+ */
+async function settleStartup(page, expectDialog) {
+  const facts = { expected: !!expectDialog, seen: false, closed: false };
+  if (expectDialog) {
+    await page.waitForSelector(`${FIRST_RUN_DIALOG}[data-state="open"]`, { timeout: 60000 });
+    facts.seen = true;
+    await page.keyboard.press("Escape");
+  } else {
+    // A returning user: the frontend restores/loads a workflow instead; wait until it is there.
+    await page.waitForFunction(() => !window.__COMFYUI_FRONTEND_VERSION__ || window.app.graph.nodes.length > 0,
+      null, { timeout: 30000 }).catch(() => {});
+    facts.seen = (await page.locator(OPEN_DIALOG).count()) > 0;
+    if (facts.seen) await page.keyboard.press("Escape");
+  }
+  await page.waitForFunction((selector) => !document.querySelector(selector), OPEN_DIALOG, { timeout: 30000 });
+  facts.closed = true;
+  facts.dialog_elements_left = await page.locator(FIRST_RUN_DIALOG).count();
+  return facts;
 }
+
+// ------------------------------------------------------------------------------ layout
+
+/**
+ * The part of the graph canvas no panel, bar or overlay covers, in page pixels: the current frontend
+ * draws a sidebar, tabs, breadcrumbs, a run bar and a minimap over the canvas. Measured by asking the
+ * page which element is on top at a grid of points while the view shows an empty part of the graph:
+ * a covered point in the top or bottom quarter moves that edge, one at the sides the left or right
+ * edge (the canvas is taller than wide, so corner overlays cost height, not width).
+ */
+async function freeCanvasArea(page) {
+  return page.evaluate(async () => {
+    const app = window.app;
+    const canvas = app.canvas.canvas;
+    const ds = app.canvas.ds;
+    const saved = [ds.scale, ds.offset[0], ds.offset[1]];
+    ds.offset[0] = 1e5;
+    ds.offset[1] = 1e5;
+    app.canvas.setDirty(true, true);
+    app.canvas.draw(true, true);
+    // DOM widgets and Vue nodes follow the view on the next frames.
+    for (let i = 0; i < 3; i++) await new Promise((r) => requestAnimationFrame(r));
+    const rect = canvas.getBoundingClientRect();
+    const step = 12;
+    let { left, top, right, bottom } = rect;
+    const band = { top: rect.top + rect.height / 4, bottom: rect.bottom - rect.height / 4,
+      left: rect.left + rect.width / 4, right: rect.right - rect.width / 4 };
+    for (let y = rect.top + step / 2; y < rect.bottom; y += step) {
+      const middleRow = y >= band.top && y <= band.bottom;
+      for (let x = rect.left + step / 2; x < rect.right; x += step) {
+        // The middle of the canvas is not sampled here: whatever covers a node there is caught by the
+        // screenshot check (shootNode), which samples each shot's own box.
+        if (middleRow && x > band.left && x < band.right) { x = band.right; continue; }
+        if (document.elementFromPoint(x, y) === canvas) continue;
+        if (y < band.top) top = Math.max(top, y + step);
+        else if (y > band.bottom) bottom = Math.min(bottom, y - step);
+        else if (x < band.left) left = Math.max(left, x + step);
+        else right = Math.min(right, x - step);
+      }
+    }
+    [ds.scale, ds.offset[0], ds.offset[1]] = saved;
+    app.canvas.setDirty(true, true);
+    app.canvas.draw(true, true);
+    return { left: Math.ceil(left), top: Math.ceil(top), right: Math.floor(right), bottom: Math.floor(bottom),
+      canvas: { left: rect.left, top: rect.top, width: rect.width, height: rect.height } };
+  });
+}
+
+/** Scale 1, graph point (0, 0) (where the preview nodes are placed) near the top-left of the free area. */
+async function showGraphOrigin(page, area) {
+  await page.evaluate((area) => {
+    const app = window.app;
+    const title = globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+    const rect = app.canvas.canvas.getBoundingClientRect();
+    const ds = app.canvas.ds;
+    ds.scale = 1;
+    ds.offset[0] = area.left - rect.left + 24;
+    ds.offset[1] = area.top - rect.top + 24 + title;
+    app.canvas.setDirty(true, true);
+    app.canvas.draw(true, true);
+  }, area);
+  await animationFrames(page);
+}
+
+const animationFrames = (page) => page.evaluate(
+  () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+
+/** Page box of a node's widget element (or of `selector` inside it). */
+async function elementBox(page, nodeId, widgetName, selector) {
+  return page.evaluate(({ nodeId, widgetName, selector }) => {
+    const host = widgetElement(nodeId, widgetName);
+    const el = selector ? host.querySelector(selector) : host;
+    const r = el.getBoundingClientRect();
+    return { x: r.x, y: r.y, width: r.width, height: r.height };
+  }, { nodeId, widgetName, selector });
+}
+
+// ------------------------------------------------------------------------------ players
+
+async function gridFacts(page) {
+  return page.evaluate(async () => {
+    const g = window.__cvdGrid;
+    const root = g.host;
+    const links = [...root.querySelectorAll("a.cvd-download")];
+    const status = await Promise.all(links.map((a) => fetch(a.href).then((r) => r.status, () => 0)));
+    return {
+      videos: root.querySelectorAll("video").length,
+      labels: [...root.querySelectorAll(".cvd-view-label")].map((e) => e.textContent),
+      ready_states: g.videos.map((v) => v.readyState),
+      downloads: links.map((a) => a.getAttribute("href")),
+      download_status: status,
+      video_boxes: g.videos.map((v) => { const r = v.getBoundingClientRect(); return [r.width, r.height]; }),
+    };
+  });
+}
+
+/**
+ * One sample of the players: each video's time, the clock, and the page's own wall clock, all read in
+ * the same task, so that what happened between two samples is known exactly however long the
+ * round trip to the page took (a loaded machine can stall it for many frames).
+ */
+const sample = (page) => page.evaluate(() => {
+  const g = window.__cvdGrid;
+  return {
+    wall: performance.now() / 1000,
+    times: g.videos.map((v) => v.currentTime), paused: g.videos.map((v) => v.paused),
+    seeking: g.videos.some((v) => v.seeking), clock: g.clock.time(), playing: g.clock.playing,
+    frame: g.clock.frame(), frame_text: g.frameText.textContent, resyncs: g.resyncs,
+    presented: g.videos.map((v) => v.webkitDecodedFrameCount ?? 0),
+  };
+});
+
+async function settled(page) {
+  await page.waitForFunction(() => !window.__cvdGrid.videos.some((v) => v.seeking || v.readyState < 2),
+    null, { timeout: 10000, polling: 20 });
+  return sample(page);
+}
+
+/** How a sample compares with an earlier one: spread of the views, drift from the clock, progress. */
+function measure(now, before, duration, extra = {}) {
+  const facts = { ...now, spread: loopSpread(now.times, duration),
+    drift: Math.max(...now.times.map((t) => Math.abs(loopDiff(t, now.clock, duration)))), ...extra };
+  if (before) {
+    const elapsed = now.wall - before.wall;
+    facts.elapsed = elapsed;
+    // The clock must have moved by the wall time that passed (modulo the loop), and so must each
+    // player; a stalled clock would be off by the whole elapsed time.
+    facts.clock_error = Math.abs(loopDiff(now.clock - before.clock, elapsed, duration));
+    facts.player_errors = now.times.map((t, i) => Math.abs(loopDiff(t - before.times[i], elapsed, duration)));
+    facts.decoded = now.presented.map((n, i) => n - before.presented[i]);
+  }
+  return facts;
+}
+
+/**
+ * Play, desync, pause + seek, play again. "Advancing" is judged against the page's wall clock over
+ * a window shorter than half a loop, never by the distance travelled on the loop alone: a fixed
+ * sleep plus an unmeasured round trip can last a whole loop (2 s here) on a busy machine, and a
+ * clock that went round once would then look as if it had hardly moved.
+ */
+async function sharedClockFacts(page) {
+  const duration = config.frames / config.fps;
+  const frame = 1 / config.fps;
+  const sync = {};
+  const observe = async (ms) => {
+    // Retry until the window is unambiguous: long enough to see motion, shorter than half a loop.
+    let start, now;
+    for (let attempt = 0; attempt < 8; attempt++) {
+      start = await settled(page);
+      await sleep(ms);
+      now = await sample(page);
+      const elapsed = now.wall - start.wall;
+      if (elapsed > 2 * frame && elapsed < duration / 2) break;
+    }
+    return [start, now];
+  };
+
+  // 1. playing: all views advance together, at the speed of the wall clock.
+  const [start, playing] = await observe(600);
+  sync.playing = measure(playing, start, duration);
+
+  // 2. push one player half a loop off the clock: the grid must seek it back within a few frames.
+  const before = playing.resyncs;
+  await page.evaluate((d) => {
+    const video = window.__cvdGrid.videos[1];
+    video.currentTime = (video.currentTime + d / 2) % d;
+  }, duration);
+  await sleep(600);
+  let now = await settled(page);
+  sync.after_desync = measure(now, null, duration, { resyncs: now.resyncs - before });
+
+  // 3. pause with the button, scrub the shared timeline to frame 5.
+  await page.click(".cvd-player-grid button.cvd-play");
+  await page.evaluate(() => {
+    const slider = window.__cvdGrid.slider;
+    slider.value = "5";
+    slider.dispatchEvent(new Event("input", { bubbles: true }));
+    slider.dispatchEvent(new Event("change", { bubbles: true }));
+  });
+  await sleep(300);
+  now = await settled(page);
+  sync.after_seek = measure(now, null, duration, { paused: now.paused.every(Boolean) && !now.playing });
+
+  // 4. play again from there.
+  await page.click(".cvd-player-grid button.cvd-play");
+  const [resumed, again] = await observe(400);
+  sync.playing_after_seek = measure(again, resumed, duration);
+  sync.tolerance = frame;
+  return sync;
+}
+
+/**
+ * Scrubbing with the mouse: press on the timeline's thumb and drag it across. The players follow the
+ * pointer; the node stays where it is and the graph does not pan (the drag belongs to the timeline).
+ */
+async function scrubFacts(page, mvNode) {
+  const before = await page.evaluate((id) => {
+    const g = window.__cvdGrid;
+    if (g.clock.playing) g.playButton.click();
+    g.clock.seekFrame(0);
+    g.update();
+    const node = window.app.graph.getNodeById(Number(id));
+    return { pos: [node.pos[0], node.pos[1]], offset: [...window.app.canvas.ds.offset], scale: window.app.canvas.ds.scale };
+  }, mvNode);
+  await animationFrames(page);
+  const slider = await elementBox(page, mvNode, "cvd_multiview_players", "input.cvd-timeline");
+  const y = slider.y + slider.height / 2;
+  // Range inputs put the thumb's centre at value/max of the track minus the thumb; start at the left end.
+  await page.mouse.move(slider.x + 4, y);
+  await page.mouse.down();
+  const path = [];
+  for (const fraction of [0.25, 0.5, 0.75, 1.0]) {
+    await page.mouse.move(slider.x + 4 + fraction * (slider.width - 8), y, { steps: 4 });
+    await animationFrames(page);
+    path.push(await page.evaluate(() => ({ frame: window.__cvdGrid.clock.frame(), value: Number(window.__cvdGrid.slider.value) })));
+  }
+  await page.mouse.up();
+  const after = await settled(page);
+  const moved = await page.evaluate((id) => {
+    const node = window.app.graph.getNodeById(Number(id));
+    return { pos: [node.pos[0], node.pos[1]], offset: [...window.app.canvas.ds.offset], scale: window.app.canvas.ds.scale };
+  }, mvNode);
+  const duration = config.frames / config.fps;
+  return { path, frames: config.frames, final_frame: after.frame, paused: !after.playing,
+    spread: loopSpread(after.times, duration),
+    drift: Math.max(...after.times.map((t) => Math.abs(loopDiff(t, after.clock, duration)))),
+    node_moved: moved.pos[0] !== before.pos[0] || moved.pos[1] !== before.pos[1],
+    canvas_moved: moved.offset[0] !== before.offset[0] || moved.offset[1] !== before.offset[1] || moved.scale !== before.scale };
+}
+
+// ------------------------------------------------------------------------------ rig view
 
 async function rigFacts(page, rigNode, views) {
   return page.evaluate(async ({ rig, views }) => {
@@ -299,33 +493,220 @@ async function rigFacts(page, rigNode, views) {
     const found = Array.from({ length: views }, (_, v) => rgb(viewColor(v)))
       .filter(([r, g, b]) => colours.has((r << 16) | (g << 8) | b)).length;
     return { draw_count: view.drawCount, ink_fraction: ink / (data.length / 4), view_colours_found: found, hash,
-      width: canvas.width, height: canvas.height };
+      width: canvas.width, height: canvas.height, zoom: view.zoom };
   }, { rig: rigNode, views });
 }
 
-/** Screenshot of a node at scale 1 near the top-left of the canvas (or of empty canvas when `empty`). */
-async function shootNode(page, nodeId, file, empty = false) {
-  const clip = await page.evaluate(({ id, empty }) => {
+/**
+ * The mouse wheel over the rig view, as a user does it: point at the view, click it (in Vue nodes
+ * mode the frontend leaves the wheel to a widget only once the widget has focus), wheel. The rig
+ * zooms in and out; the graph's own zoom and pan stay as they were.
+ */
+async function wheelFacts(page, rigNode) {
+  const box = await elementBox(page, rigNode, "cvd_rig_view", "canvas");
+  const canvasView = () => page.evaluate(() => ({ scale: window.app.canvas.ds.scale, offset: [...window.app.canvas.ds.offset] }));
+  const zoom = () => page.evaluate((rig) => widgetElement(rig, "cvd_rig_view").cvdController.zoom, rigNode);
+  await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+  await page.mouse.click(box.x + box.width / 2, box.y + box.height / 2);
+  const before = { zoom: await zoom(), view: await canvasView() };
+  await page.mouse.wheel(0, -300);
+  await sleep(150);
+  const zoomedIn = await zoom();
+  await page.mouse.wheel(0, 600);
+  await sleep(150);
+  const zoomedOut = await zoom();
+  const after = await canvasView();
+  const focus = await page.evaluate((rig) => {
+    const host = widgetElement(rig, "cvd_rig_view");
+    const capture = host.closest('[data-capture-wheel="true"]');
+    return { capture_element: !!capture, focused_inside: !!capture && capture.contains(document.activeElement) };
+  }, rigNode);
+  return { before: before.zoom, zoomed_in: zoomedIn, zoomed_out: zoomedOut, ...focus,
+    canvas_scale_before: before.view.scale, canvas_scale_after: after.scale,
+    canvas_moved: after.offset[0] !== before.view.offset[0] || after.offset[1] !== before.view.offset[1] };
+}
+
+// ------------------------------------------------------------------------------ sizing, messages
+
+/**
+ * Node sizing. After execution the node has grown to hold its players (nothing clipped); then it is
+ * resized twice: with node.setSize (the API both UIs have), and back by writing node.size[0] and
+ * node.size[1] (the current frontend's node.size is a live view that resizes the node). The same
+ * players re-lay out each time (nothing is rebuilt or lost).
+ */
+async function resizeFacts(page, mvNode) {
+  return page.evaluate(async ({ mv, extensionUrl }) => {
+    const { MIN_NODE_WIDTH } = await import(extensionUrl);
+    const app = window.app;
+    const node = app.graph.getNodeById(Number(mv));
+    const host = widgetElement(mv, "cvd_multiview_players");
+    const frames = () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+    const redraw = async () => {
+      app.canvas.setDirty(true, true);
+      app.canvas.draw(true, true);
+      await frames();
+      await frames();
+    };
+    // The node's box on the page: its DOM in Vue nodes mode, else pos/size through the canvas transform.
+    const nodeBox = () => {
+      const vueNode = document.querySelector(`.lg-node[data-node-id="${mv}"]`);
+      if (vueNode) return vueNode.getBoundingClientRect();
+      const rect = app.canvas.canvas.getBoundingClientRect();
+      const { scale, offset } = app.canvas.ds;
+      const size = node.renderingSize ?? node.size;
+      const left = rect.left + (node.pos[0] + offset[0]) * scale, top = rect.top + (node.pos[1] + offset[1]) * scale;
+      return { left, top, right: left + size[0] * scale, bottom: top + size[1] * scale };
+    };
+    await redraw();
+    const hostBox = host.getBoundingClientRect(), box = nodeBox();
+    const fits = { host: [hostBox.left, hostBox.top, hostBox.right, hostBox.bottom],
+      node: [box.left, box.top, box.right, box.bottom],
+      inside: hostBox.left >= box.left - 1 && hostBox.right <= box.right + 1 && hostBox.bottom <= box.bottom + 1,
+      host_height: host.offsetHeight, node_width: (box.right - box.left) / app.canvas.ds.scale,
+      min_width: MIN_NODE_WIDTH };
+    const before = host.offsetWidth;
+    const size = [node.size[0], node.size[1]];
+    node.setSize([size[0] + 200, size[1] + 150]);
+    await redraw();
+    const after = host.offsetWidth;
+    const video = host.querySelector("video").getBoundingClientRect();
+    node.size[0] = size[0]; // back, through the size view: compact screenshots
+    node.size[1] = size[1];
+    await redraw();
+    return { fits, before, after, restored: host.offsetWidth, restored_size: [node.size[0], node.size[1]], size,
+      same_players: host.cvdController === window.__cvdGrid, videos: host.querySelectorAll("video").length,
+      video_height: video.height };
+  }, { mv: mvNode, extensionUrl: EXTENSION_URL });
+}
+
+/**
+ * A preview that cannot be built must tell the user, through the UI's own message surface: a toast
+ * (app.extensionManager.toast) in the current frontend, a dialog in the legacy UI. Provoked for real:
+ * the rig node receives camera data it cannot draw.
+ */
+async function messageFacts(page, rigNode) {
+  const facts = await page.evaluate(async (rig) => {
+    const node = window.app.graph.getNodeById(Number(rig));
+    const before = document.body.innerText.split("CVD Multi-View").length;
+    node.onExecuted({ cvd_cameras: [{ K: "not a matrix" }] });
+    for (let i = 0; i < 50 && document.body.innerText.split("CVD Multi-View").length === before; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const toastApi = typeof window.app.extensionManager?.toast?.add === "function";
+    const shown = document.body.innerText.split("CVD Multi-View").length > before;
+    const text = [...document.querySelectorAll("body *")].filter((e) => e.children.length === 0
+      && /could not be shown/.test(e.textContent)).map((e) => e.textContent).slice(0, 2);
+    return { toast_api: toastApi, shown, text, rig_kept: !!widgetElement(rig, "cvd_rig_view").cvdController?.drawCount };
+  }, rigNode);
+  // Put the UI back: close the message (the legacy dialog is modal; toasts close themselves).
+  if (await page.locator(".comfy-modal").filter({ hasText: "CVD Multi-View" }).count()) {
+    facts.surface = "dialog";
+    await page.locator(".comfy-modal").filter({ hasText: "CVD Multi-View" }).getByRole("button", { name: "Close" }).click();
+  } else {
+    facts.surface = facts.shown ? "toast" : null;
+    await page.evaluate(() => window.app.extensionManager?.toast?.removeAll?.());
+  }
+  return facts;
+}
+
+// ------------------------------------------------------------------------------ console
+
+/**
+ * Deprecation warnings in the console, each traced to its cause: a stack frame in the pack's files,
+ * the pack named in the message, or an import of a deprecated module (the frontend's shims warn when
+ * they are first imported; in this server the pack is the only extension that is not the frontend's
+ * own, which `third_party_extensions` shows).
+ */
+async function deprecationFacts(page) {
+  const facts = await page.evaluate(async (packPart) => {
+    const listed = await fetch("/extensions").then((r) => r.json(), () => []);
+    const thirdParty = listed.filter((url) => !url.startsWith("/extensions/core/"));
+    const warnings = (window.__cvdConsole ?? []).map((w) => ({ ...w, stack: w.stack.split("\n").slice(1, 12).join("\n") }));
+    return { third_party_extensions: thirdParty, only_pack: thirdParty.every((url) => url.includes(packPart)), warnings };
+  }, PACK_URL_PART);
+  for (const warning of facts.warnings) {
+    const importShim = /Importing from "scripts\//.test(warning.text);
+    warning.by_pack = warning.stack.includes(PACK_URL_PART) || /cvd/i.test(warning.text)
+      || (importShim && facts.only_pack);
+  }
+  facts.by_pack = facts.warnings.filter((w) => w.by_pack);
+  return facts;
+}
+
+// ------------------------------------------------------------------------------ helpers
+
+/** POST /prompt from the page, under its client id, so that it receives progress and executed messages. */
+async function queuePrompt(page, prompt, workflow) {
+  const queued = await page.evaluate(async ({ prompt, workflow }) => {
+    const { api } = await import("/scripts/api.js");
+    for (let i = 0; i < 100 && !api.clientId; i++) await new Promise((r) => setTimeout(r, 100));
+    const response = await fetch(api.apiURL("/prompt"), {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ prompt, client_id: api.clientId, extra_data: { extra_pnginfo: { workflow } } }),
+    });
+    return { status: response.status, body: await response.json() };
+  }, { prompt, workflow });
+  if (queued.status !== 200) throw new Error(`/prompt refused the workflow: ${JSON.stringify(queued.body)}`);
+}
+
+/**
+ * Screenshot of a node at scale 1 near the top-left of the free canvas area, or (`background`: the
+ * box of an earlier shot) of the same box over empty canvas, far from every node. Returns how much
+ * of the box something else covers (a panel, a toast), sampled with elementFromPoint: every point
+ * must be the node (its DOM in Vue nodes mode, its widget elements) or the bare canvas; for the
+ * background, the bare canvas only.
+ */
+async function shootNode(page, nodeId, file, background = null) {
+  const clip = await page.evaluate(({ id, empty, area }) => {
     const app = window.app;
     const node = app.graph.getNodeById(Number(id));
     const title = globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
-    // Put the node's top-left corner (title included) at (left, top) of the canvas, or far away.
-    // The current frontend overlays workflow tabs on the canvas's top edge: keep below them.
-    const left = 12, top = 72;
+    const rect = app.canvas.canvas.getBoundingClientRect();
+    const left = area.left + 16, top = area.top + 16;
     const ds = app.canvas.ds;
     ds.scale = 1;
     const far = empty ? 100000 : 0;
-    ds.offset[0] = left - node.pos[0] + far;
-    ds.offset[1] = top + title - node.pos[1] + far;
+    ds.offset[0] = left - rect.left - node.pos[0] + far;
+    ds.offset[1] = top - rect.top + title - node.pos[1] + far;
     app.canvas.setDirty(true, true);
     app.canvas.draw(true, true);
-    const rect = app.canvas.canvas.getBoundingClientRect();
-    return { x: rect.x + left - 6, y: rect.y + top - 6, width: node.size[0] + 12, height: node.size[1] + title + 12 };
-  }, { id: nodeId, empty });
-  // Two animation frames: DOM widgets follow the canvas on its next draws.
-  await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+    const size = node.renderingSize ?? node.size;
+    return { x: left - 6, y: top - 6, width: Math.ceil(size[0]) + 12, height: Math.ceil(size[1]) + title + 12 };
+  }, { id: nodeId, empty: !!background, area: report.free_area });
+  // Two animation frames: DOM widgets (and Vue nodes) follow the canvas on its next draws.
+  await animationFrames(page);
   await sleep(300);
-  await page.screenshot({ path: file, clip });
+  const facts = await page.evaluate(({ id, clip, background }) => {
+    const app = window.app;
+    const node = app.graph.getNodeById(Number(id));
+    const vueNode = document.querySelector(`.lg-node[data-node-id="${id}"]`);
+    let box = clip;
+    if (background) {
+      box = { ...clip, width: background.width, height: background.height };
+    } else if (vueNode) {
+      // In Vue nodes mode the node is a DOM box sized by its content: shoot that box.
+      const r = vueNode.getBoundingClientRect();
+      box = { x: r.x - 6, y: r.y - 6, width: r.width + 12, height: r.height + 12 };
+    }
+    const own = (el) => el === app.canvas.canvas || (!background && ((vueNode && vueNode.contains(el))
+      || (node.widgets ?? []).some((w) => w.element && (w.element === el || w.element.contains(el)))));
+    let covered = 0, total = 0;
+    const samples = [];
+    for (let y = box.y + 3; y < box.y + box.height - 2; y += 16) {
+      for (let x = box.x + 3; x < box.x + box.width - 2; x += 16) {
+        total += 1;
+        const el = document.elementFromPoint(x, y);
+        if (!own(el)) {
+          covered += 1;
+          if (samples.length < 5) samples.push(`${Math.round(x)},${Math.round(y)}: ${el?.tagName}.${el?.className}`);
+        }
+      }
+    }
+    return { box, covered: covered / total, samples };
+  }, { id: nodeId, clip, background });
+  await page.screenshot({ path: file, clip: facts.box });
+  return { clip: facts.box, covered: facts.covered, covered_samples: facts.samples };
 }
 
 main().then(() => { writeReport(); }, (error) => {

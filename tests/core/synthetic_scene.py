@@ -102,9 +102,15 @@ def render_view(scene: list[TexturedRect], K: np.ndarray, c2w: np.ndarray, heigh
     vs = (np.arange(height)[:, None] + offsets[None, :]).ravel()
     u, v = np.meshgrid(us, vs)
     pixels = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], 1)
+    _, colour = _trace(scene, K, c2w, pixels)
+    image = colour.reshape(height, supersample, width, supersample, 3).mean(axis=(1, 3))
+    return image.astype(np.float32)
+
+
+def _trace(scene: list[TexturedRect], K: np.ndarray, c2w: np.ndarray, pixels: np.ndarray):
+    """First hit of the ray through each homogeneous pixel ``[N, 3]``: ray parameter (inf: sky) and colour."""
     directions = pixels @ np.linalg.inv(K).T @ c2w[:3, :3].T
     origin = c2w[:3, 3]
-
     depth = np.full(len(directions), np.inf)
     colour = np.full((len(directions), 3), 0.5, dtype=np.float32)  # grey sky where nothing is hit
     for rect in scene:
@@ -119,9 +125,32 @@ def render_view(scene: list[TexturedRect], K: np.ndarray, c2w: np.ndarray, heigh
         if visible.any():
             depth[visible] = t[visible]
             colour[visible] = _bilinear(rect.texture, a[visible] * TEXELS_PER_UNIT, b[visible] * TEXELS_PER_UNIT)
+    return depth, colour
 
-    image = colour.reshape(height, supersample, width, supersample, 3).mean(axis=(1, 3))
-    return image.astype(np.float32)
+
+def surface_points(scene: list[TexturedRect], K: np.ndarray, c2w: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """World points ``[N, 3]`` the camera sees at pixel coordinates ``[N, 2]`` (this renderer's convention:
+    pixel centres at integers); NaN where the ray hits nothing."""
+    K, c2w = np.asarray(K, np.float64), np.asarray(c2w, np.float64)
+    homogeneous = np.concatenate([np.asarray(pixels, np.float64), np.ones((len(pixels), 1))], 1)
+    depth, _ = _trace(scene, K, c2w, homogeneous)
+    directions = homogeneous @ np.linalg.inv(K).T @ c2w[:3, :3].T
+    points = c2w[:3, 3] + depth[:, None] * directions
+    points[~np.isfinite(depth)] = np.nan
+    return points
+
+
+def distance_to_scene(scene: list[TexturedRect], points: np.ndarray) -> np.ndarray:
+    """Euclidean distance ``[N]`` from each point to the nearest surface of the scene."""
+    points = np.asarray(points, np.float64)
+    best = np.full(len(points), np.inf)
+    for rect in scene:
+        offset = points - rect.origin
+        a = np.clip(offset @ rect.axis_u, 0.0, rect.size_u)
+        b = np.clip(offset @ rect.axis_v, 0.0, rect.size_v)
+        nearest = rect.origin + a[:, None] * rect.axis_u + b[:, None] * rect.axis_v
+        best = np.minimum(best, np.linalg.norm(points - nearest, axis=1))
+    return best
 
 
 def look_at_c2w(position, target) -> np.ndarray:
@@ -155,6 +184,15 @@ def make_rig(n_views: int = 3, n_frames: int = 4, width: int = 128, height: int 
             # Frame 0 is set to the exact identity so that all views share it bit for bit (F = 0).
             c2w[view, frame] = np.eye(4) if frame == 0 else look_at_c2w(s * target, SCENE_CENTRE)
     return np.broadcast_to(K, (n_views, n_frames, 3, 3)).copy(), c2w
+
+
+def to_pack_convention(K: np.ndarray) -> np.ndarray:
+    """The same intrinsics in the pack's pixel convention (pixel centres at +0.5, as CameraCtrl's Plücker
+    rays, COLMAP and nerfstudio), for handing this renderer's cameras to the nodes: cx, cy + 0.5."""
+    shifted = np.array(K, dtype=np.float64, copy=True)
+    shifted[..., 0, 2] += 0.5
+    shifted[..., 1, 2] += 0.5
+    return shifted
 
 
 def render_rig(scene, K: np.ndarray, c2w: np.ndarray, height: int, width: int) -> np.ndarray:

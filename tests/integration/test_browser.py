@@ -1,4 +1,6 @@
-"""The pack's web extension in a real browser against the real (2024-03) ComfyUI.
+"""The pack's web extension in a real browser against real ComfyUI servers, in three UIs: the 2024-03
+server's legacy UI, and ComfyUI 0.3.64 with frontend 1.58.1 in its LiteGraph canvas and in Vue nodes
+mode (``BROWSER_UIS``). The same checks (``CHECKS``) must pass in each.
 
 Debian's ``chromium`` (apt) is driven by ``playwright-core`` (npm, pinned in
 ``tests/browser/package-lock.json``; it never downloads a browser of its own). The test installs
@@ -11,7 +13,18 @@ ray-cast scene rendered through that rig (uploaded as one animated PNG, loaded b
 workflow, queues it through the HTTP API under the page's client id, and measures; this file
 asserts on the measurements and on the screenshots.
 
+The current frontend greets a new server user with a template browser (a modal over the canvas): the
+script waits for it and closes it with Escape, as a user would. Its sidebar, tabs and bars cover parts
+of the canvas: the script measures the free area and puts the nodes there, and every screenshot box is
+checked to be uncovered (the background crop: bare canvas only).
+
+Timing is judged against the page's own clock (``performance.now()`` read with each sample): a loaded
+machine can stall the page for a few hundred milliseconds at any round trip, and the players' loop is
+only 2 s long, so "the clock moved by the time that passed" is checked, not "the clock moved far".
+
 ``CVD_SCREENSHOT_DIR=docs/screenshots`` also copies the screenshots there (the README's pictures).
+``python -m tests.integration.test_browser --help``: the same checks outside pytest (a running server,
+or the test servers started here; ``--repeat N`` for stability runs).
 """
 
 from __future__ import annotations
@@ -139,12 +152,31 @@ def _distinct_colours(image: Image.Image) -> int:
 
 # ------------------------------------------------------------------------------ one browser run
 
-def run_browser_check(server, work: Path) -> dict:
+UIS = ("legacy", "litegraph", "vue")
+# Where the nodes go: the two previews side by side from graph point (0, 0), which the script puts
+# near the top-left of the canvas area no panel covers; the inputs off to the left, out of the way.
+POSITIONS = {RIG_NODE: [0, 0], MULTIVIEW_NODE: [600, 0], "1": [-900, 0], "3": [-900, 420]}
+
+
+def prepare_ui(server, ui: str) -> dict:
+    """Choose the canvas mode of the current frontend (a per-user server setting, read when the page
+    loads) and tell the script whether this user is new (the frontend then opens its template browser)."""
+    if ui == "legacy":
+        return {"expect_first_run_dialog": False}
+    server.set_setting("Comfy.VueNodes.Enabled", ui == "vue")
+    return {"expect_first_run_dialog": server.setting("Comfy.TutorialCompleted") is not True}
+
+
+def run_browser_check(server, work: Path, ui: str = "legacy") -> dict:
     """Render inputs, upload them to ``server`` and drive the browser; returns the script's report.
 
-    ``server`` needs ``url``, ``upload(path)``, ``object_info()`` and ``log_tail(n)`` (the
-    ``comfy_server`` fixture, or :class:`LiveServer` for a ComfyUI started by hand).
+    ``server`` needs ``url``, ``upload(path)``, ``object_info()``, ``setting(id)``,
+    ``set_setting(id, value)`` and ``log_tail(n)`` (the ``comfy_server`` fixtures, or
+    :class:`LiveServer` for a ComfyUI started by hand). ``ui``: ``legacy`` (the 2024 UI), or the
+    current frontend's ``litegraph`` canvas or ``vue`` nodes mode.
     """
+    if ui not in UIS:
+        raise ValueError(f"ui must be one of {UIS}, got {ui!r}")
     started = time.monotonic()
     ensure_chromium()
     ensure_playwright()
@@ -156,15 +188,14 @@ def run_browser_check(server, work: Path) -> dict:
     server.upload(image_path)
     prompt = build_prompt(image_path.name, c2w)
     workflow = api_to_ui(prompt, server.object_info())
-    # Side by side, so the previews (which grow their nodes) never overlap in the screenshots.
-    positions = {RIG_NODE: [440, 60], MULTIVIEW_NODE: [920, 60]}
     for node in workflow["nodes"]:
-        node["pos"] = positions.get(str(node["id"]), node["pos"])
+        node["pos"] = POSITIONS.get(str(node["id"]), node["pos"])
     out_dir = work / "out"
     config = {"url": server.url, "prompt": {k: {"class_type": v["class_type"], "inputs": v["inputs"]}
                                             for k, v in prompt.items()},
               "workflow": workflow, "multiview_node": MULTIVIEW_NODE, "rig_node": RIG_NODE, "views": VIEWS,
-              "rerun_seed_node": "1", "fps": FPS, "frames": FRAMES, "out_dir": str(out_dir), "chromium": str(CHROMIUM)}
+              "rerun_seed_node": "1", "fps": FPS, "frames": FRAMES, "out_dir": str(out_dir), "chromium": str(CHROMIUM),
+              "ui": ui, **prepare_ui(server, ui)}
     config_path = work / "config.json"
     config_path.write_text(json.dumps(config))
 
@@ -197,6 +228,10 @@ def run_browser_check(server, work: Path) -> dict:
 
 # ------------------------------------------------------------------------------ checks
 
+FRAME = 1.0 / FPS
+LOOP = FRAMES / FPS
+
+
 def check_extension_registered(report: dict) -> None:
     assert report["extension_registered"], "app.extensions has no 'cvd.multiview'"
     assert report["pack_nodes_marked"], "nodeCreated did not run for the pack's nodes"
@@ -209,25 +244,49 @@ def check_grid(report: dict) -> None:
     assert grid["videos"] == VIEWS, grid
     assert grid["labels"] == [f"view {i}: {LABELS[i]}" for i in range(VIEWS)], grid["labels"]
     assert all(ready >= 2 for ready in grid["ready_states"]), grid["ready_states"]
+    assert all(w > 40 and h > 40 for w, h in grid["video_boxes"]), f"players too small to see: {grid['video_boxes']}"
     # One download link per view and one for the grid video, all served by /view.
     assert len(grid["downloads"]) == VIEWS + 1, grid["downloads"]
     assert all(status == 200 for status in grid["download_status"]), grid["download_status"]
 
 
 def check_shared_clock(report: dict) -> None:
-    frame = 1.0 / FPS
+    """All views within one frame of each other and of the clock, in every phase; while playing, the
+    clock and every player move with the page's wall clock (measured in the page, so a stalled page
+    cannot pass for a stalled clock, nor the reverse); desync is repaired; a seek lands on its frame."""
     sync = report["sync"]
     for phase in ("playing", "after_desync", "after_seek", "playing_after_seek"):
-        spread = sync[phase]["spread"]
-        assert spread <= frame, f"{phase}: views disagree by {spread:.3f} s (> one frame, {frame:.3f} s): {sync[phase]}"
-    assert sync["playing"]["advanced"] > 2 * frame, f"players did not advance while playing: {sync['playing']}"
+        facts = sync[phase]
+        assert facts["spread"] <= FRAME, f"{phase}: views disagree by {facts['spread']:.3f} s (> one frame): {facts}"
+        assert facts["drift"] <= FRAME, f"{phase}: a player is {facts['drift']:.3f} s off the clock (> one frame): {facts}"
+    for phase in ("playing", "playing_after_seek"):
+        facts = sync[phase]
+        assert 2 * FRAME < facts["elapsed"] < LOOP / 2, (
+            f"{phase}: no usable observation window ({facts['elapsed']:.3f} s; the page stalled every time)")
+        assert facts["playing"] and not any(facts["paused"]), f"{phase}: not playing: {facts}"
+        assert facts["clock_error"] <= FRAME / 2, (
+            f"{phase}: the clock moved {facts['elapsed'] - facts['clock_error']:.3f}/{facts['elapsed']:.3f} s of wall time: {facts}")
+        assert max(facts["player_errors"]) <= FRAME, f"{phase}: a player did not advance with the clock: {facts}"
+        assert min(facts["decoded"]) >= 1, f"{phase}: a player decoded no new frame while playing: {facts}"
     assert sync["after_desync"]["resyncs"] >= 1, "a player pushed off the clock was not seeked back"
     seek = sync["after_seek"]
     assert seek["paused"] and seek["frame_text"].startswith(f"frame {seek['frame'] + 1}/{FRAMES}"), seek
     assert seek["frame"] == 5, f"the timeline was set to frame 5 but the clock is at {seek['frame']}"
-    target = (seek["frame"] + 0.5) * frame
-    assert max(abs(t - target) for t in seek["times"]) <= frame / 2, seek
-    assert sync["playing_after_seek"]["advanced"] > frame, sync["playing_after_seek"]
+    target = (seek["frame"] + 0.5) * FRAME
+    assert max(abs(t - target) for t in seek["times"]) <= FRAME / 2, seek
+
+
+def check_scrub(report: dict) -> None:
+    """Dragging the timeline with the mouse scrubs all players; the node and the graph stay put."""
+    scrub = report["scrub"]
+    frames = [step["frame"] for step in scrub["path"]]
+    assert all(step["frame"] == step["value"] for step in scrub["path"]), f"the clock does not follow the slider: {scrub}"
+    assert all(a < b for a, b in zip(frames, frames[1:])) and frames[-1] == FRAMES - 1, (
+        f"dragging the timeline to its end did not move the frame forward to {FRAMES - 1}: {frames}")
+    assert scrub["paused"] and scrub["final_frame"] == FRAMES - 1, scrub
+    assert scrub["spread"] <= FRAME / 2 and scrub["drift"] <= FRAME / 2, f"the players did not follow the scrub: {scrub}"
+    assert not scrub["node_moved"], "dragging the timeline dragged the node"
+    assert not scrub["canvas_moved"], "dragging the timeline panned or zoomed the graph"
 
 
 def check_rerun(report: dict) -> None:
@@ -239,8 +298,14 @@ def check_rerun(report: dict) -> None:
 
 
 def check_resize(report: dict) -> None:
+    """The node grew to hold its players; setSize and writes to node.size resize it, players follow."""
     resize = report["resize"]
+    assert resize["fits"]["inside"], f"the players overflow their node: {resize['fits']}"
+    # The extension widens a preview node to its MIN_NODE_WIDTH: a 2 x 2 grid stays legible.
+    assert resize["fits"]["node_width"] >= resize["fits"]["min_width"] - 1, (
+        f"the node was not widened for its players: {resize['fits']}")
     assert resize["after"] >= resize["before"] + 150, f"the players did not follow the node's new width: {resize}"
+    assert abs(resize["restored"] - resize["before"]) <= 2, f"writing node.size did not resize the node back: {resize}"
     assert resize["same_players"] and resize["videos"] == VIEWS and resize["video_height"] > 40, resize
 
 
@@ -252,14 +317,43 @@ def check_rig_view(report: dict) -> None:
     assert rig["changed_after_drag"], "dragging the rig view did not change the drawing"
 
 
+def check_wheel_zoom(report: dict) -> None:
+    """The wheel over the (clicked) rig view zooms the rig in and out, not the graph behind it."""
+    wheel = report["wheel"]
+    assert wheel["zoomed_in"] > wheel["before"] * 1.2, f"wheel up did not zoom the rig in: {wheel}"
+    assert wheel["zoomed_out"] < wheel["zoomed_in"] / 1.2, f"wheel down did not zoom the rig out: {wheel}"
+    assert wheel["canvas_scale_after"] == wheel["canvas_scale_before"] and not wheel["canvas_moved"], (
+        f"the wheel over the rig view also zoomed or panned the graph: {wheel}")
+
+
 def check_progress(report: dict) -> None:
     progress = report["progress"]
     assert progress, "the save node sent no progress messages to the page"
     assert all(p["text"] == f"step {p['value']}/{p['max']}" for p in progress), progress
 
 
+def check_messages(report: dict) -> None:
+    """A preview that cannot be shown says so in the UI: a toast where the frontend has them, else a dialog;
+    the previous view stays."""
+    message = report["message"]
+    expected = "toast" if message["toast_api"] else "dialog"
+    assert message["shown"] and message["surface"] == expected, f"no {expected} told the user: {message}"
+    assert message["text"], f"the message does not say what could not be shown: {message}"
+    assert message["rig_kept"], "output that could not be shown removed the working rig view"
+
+
+def check_no_pack_deprecations(report: dict) -> None:
+    """The console shows no deprecation warning caused by the pack (by stack, by name, or a deprecated import)."""
+    deprecations = report["deprecations"]
+    assert deprecations["only_pack"], (
+        f"other extensions are loaded, so an import warning cannot be traced: {deprecations['third_party_extensions']}")
+    assert not deprecations["by_pack"], f"deprecation warnings caused by the pack: {deprecations['by_pack']}"
+
+
 def check_screenshots(report: dict) -> None:
     out = Path(report["out_dir"])
+    for name, shot in report["shots"].items():
+        assert shot["covered"] == 0, f"{name}: {shot['covered']:.0%} of the box is covered by the UI: {shot['covered_samples']}"
     background = Image.open(out / "background.png")
     assert _distinct_colours(background) < 40, "the background crop is not plain background"
     for name in ("multiview_grid.png", "rig_view.png"):
@@ -269,15 +363,44 @@ def check_screenshots(report: dict) -> None:
         assert _distinct_colours(shot) > 200, f"{name} has too few colours to show videos or a rig"
 
 
-CHECKS = [check_extension_registered, check_grid, check_shared_clock, check_rerun, check_resize, check_rig_view, check_progress,
+CHECKS = [check_extension_registered, check_grid, check_shared_clock, check_scrub, check_rerun, check_resize,
+          check_rig_view, check_wheel_zoom, check_progress, check_messages, check_no_pack_deprecations,
           check_screenshots]
+
+
+def check_ui(report: dict, ui: str) -> None:
+    """The page is the UI that was asked for (and a new user's first-run dialog was met and closed)."""
+    from tests.support.comfy_harness import FRONTEND_VERSION
+
+    facts = report["ui"]
+    if ui == "legacy":
+        assert facts["legacy"] and not facts["vue_nodes"], facts
+        return
+    assert facts["frontend_version"] == FRONTEND_VERSION, f"expected frontend {FRONTEND_VERSION}: {facts}"
+    assert facts["vue_nodes"] == (ui == "vue"), f"expected {'Vue nodes' if ui == 'vue' else 'the LiteGraph canvas'}: {facts}"
+    dialog = report["first_run_dialog"]
+    assert dialog["seen"] == dialog["expected"] and dialog["closed"] and not dialog["dialog_elements_left"], dialog
 
 
 # ------------------------------------------------------------------------------ the tests
 
-@pytest.fixture(scope="module")
-def browser_run(comfy_server, tmp_path_factory):
-    return run_browser_check(comfy_server, tmp_path_factory.mktemp("browser"))
+# The three UIs: the 2024 server's legacy UI, and ComfyUI 0.3.64 with frontend 1.58.1 in its two canvas modes.
+BROWSER_UIS = [pytest.param(("comfy_server", "legacy"), id="legacy-2024"),
+               pytest.param(("comfy_server_v3", "litegraph"), id="litegraph-1.58"),
+               pytest.param(("comfy_server_v3", "vue"), id="vue-1.58")]
+
+
+@pytest.fixture(scope="module", params=BROWSER_UIS)
+def browser_run(request, tmp_path_factory):
+    server_fixture, ui = request.param
+    server = request.getfixturevalue(server_fixture)
+    report = run_browser_check(server, tmp_path_factory.mktemp(f"browser-{ui}"), ui)
+    report["requested_ui"] = ui
+    return report
+
+
+def test_the_page_is_the_ui_asked_for(browser_run):
+    check_ui(browser_run, browser_run["requested_ui"])
 
 
 def test_extension_registers_and_loads_without_errors(browser_run):
@@ -292,11 +415,15 @@ def test_players_share_one_clock_after_play_desync_and_seek(browser_run):
     check_shared_clock(browser_run)
 
 
+def test_dragging_the_timeline_scrubs_the_players(browser_run):
+    check_scrub(browser_run)
+
+
 def test_reexecution_replaces_the_players(browser_run):
     check_rerun(browser_run)
 
 
-def test_resizing_the_node_keeps_and_refits_the_players(browser_run):
+def test_node_fits_its_players_and_resizing_refits_them(browser_run):
     check_resize(browser_run)
 
 
@@ -304,8 +431,20 @@ def test_rig_view_draws_and_orbits(browser_run):
     check_rig_view(browser_run)
 
 
+def test_wheel_zooms_the_rig_view_not_the_graph(browser_run):
+    check_wheel_zoom(browser_run)
+
+
 def test_progress_messages_are_shown_as_step_text(browser_run):
     check_progress(browser_run)
+
+
+def test_a_preview_that_cannot_be_shown_tells_the_user(browser_run):
+    check_messages(browser_run)
+
+
+def test_console_has_no_deprecation_warning_from_the_pack(browser_run):
+    check_no_pack_deprecations(browser_run)
 
 
 def test_node_screenshots_are_not_blank(browser_run):
@@ -322,6 +461,12 @@ def test_pure_modules_under_node():
 
 
 # ------------------------------------------------------------------------------ any running ComfyUI
+
+def _serves_current_frontend(url: str) -> bool:
+    """Whether ``url`` is a ComfyUI of the current generation (it names the frontend it wants), not 2024's."""
+    with urllib.request.urlopen(url.rstrip("/") + "/system_stats", timeout=60) as response:
+        return "required_frontend_version" in json.loads(response.read()).get("system", {})
+
 
 class LiveServer:
     """The few calls :func:`run_browser_check` makes, against a ComfyUI started by hand."""
@@ -341,34 +486,97 @@ class LiveServer:
                                          headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
         urllib.request.urlopen(request, timeout=60).read()
 
+    def setting(self, setting_id: str):
+        with urllib.request.urlopen(f"{self.url}/api/settings/{setting_id}", timeout=60) as response:
+            return json.loads(response.read())
+
+    def set_setting(self, setting_id: str, value) -> None:
+        request = urllib.request.Request(f"{self.url}/api/settings/{setting_id}", data=json.dumps(value).encode(),
+                                         method="POST", headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=60).read()
+
     def log_tail(self, lines: int = 30) -> str:
         return "(log of a server started by hand: see its console)"
 
 
+def failed_checks(report: dict, ui: str) -> list:
+    """``[(check name, message)]`` of the checks ``report`` fails (``check_ui`` first, then ``CHECKS``)."""
+    checks = [("check_ui", lambda r: check_ui(r, ui))] + [(check.__name__, check) for check in CHECKS]
+    failures = []
+    for name, check in checks:
+        try:
+            check(report)
+        except AssertionError as exc:
+            failures.append((name, str(exc)))
+    return failures
+
+
+def _started_servers(which: str, work: Path):
+    """Start the test server(s) as the fixtures do: ``2024``, ``0.3.64`` or ``both``."""
+    from tests.support.comfy_harness import ComfyServer
+    from tests.support.model_installers import install_test_models
+
+    servers = []
+    for name in (("2024", "0.3.64") if which == "both" else (which,)):
+        folder = work / f"comfyui-{name}"
+        args = ("--preview-method", "latent2rgb")
+        server = ComfyServer(folder, extra_args=args) if name == "2024" else ComfyServer.current(folder, extra_args=args)
+        install_test_models(server.root)
+        servers.append(server.start())
+    return servers
+
+
 def main(argv=None) -> int:
-    """``python -m tests.integration.test_browser --url http://127.0.0.1:8188``: the same checks against
-    a running ComfyUI that has this pack in custom_nodes (e.g. a current ComfyUI and frontend)."""
+    """Run the browser checks outside pytest: ``--url http://127.0.0.1:8188`` against a running ComfyUI
+    that has this pack in custom_nodes, or ``--server 2024|0.3.64|both`` to start the test servers as the
+    fixtures do. ``--repeat N`` runs every UI N times and prints a PASS/FAIL table (stability)."""
     import argparse
     import tempfile
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--keep", help="folder to keep the report and screenshots in (default: a temporary one)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url")
+    target.add_argument("--server", choices=("2024", "0.3.64", "both"))
+    parser.add_argument("--ui", choices=(*UIS, "all"), default=None,
+                        help="legacy (a 2024 ComfyUI), or the current frontend's litegraph canvas or vue nodes; "
+                             "all: every UI of each server (default: litegraph on the current frontend, else legacy)")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--new-user", action="store_true",
+                        help="with --server: forget the server user's settings before every run, so the current "
+                             "frontend greets a new user (its first-run dialog) each time")
+    parser.add_argument("--keep", help="folder to keep the reports and screenshots in (default: a temporary one)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        report = run_browser_check(LiveServer(args.url), work)
-        print(f"[browser] UI: {report.get('ui')}")
-        failed = 0
-        for check in CHECKS:
-            try:
-                check(report)
-                print(f"PASS {check.__name__}")
-            except AssertionError as exc:
-                failed += 1
-                print(f"FAIL {check.__name__}: {exc}")
-    return 1 if failed else 0
+        servers = [LiveServer(args.url)] if args.url else _started_servers(args.server, work)
+        results = []
+        try:
+            for repeat in range(args.repeat):
+                for server in servers:
+                    current = _serves_current_frontend(server.url)
+                    uis = ((("litegraph", "vue") if current else ("legacy",)) if args.ui == "all"
+                           else (args.ui or ("litegraph" if current else "legacy"),))
+                    for ui in uis:
+                        if args.new_user and hasattr(server, "forget_user_settings"):
+                            server.forget_user_settings()
+                        run_dir = work / f"run{repeat}-{ui}"
+                        run_dir.mkdir(parents=True, exist_ok=True)
+                        report = run_browser_check(server, run_dir, ui)
+                        failures = failed_checks(report, ui)
+                        sync = report["sync"]["playing"]
+                        results.append((repeat, ui, failures))
+                        print(f"[browser] run {repeat} {ui}: {'PASS' if not failures else 'FAIL'} "
+                              f"(first-run dialog {report['first_run_dialog']['seen']}, clock window "
+                              f"{sync['elapsed']:.3f} s, clock error {sync['clock_error']:.4f} s, "
+                              f"browser {report['timing']['browser_s']} s)")
+                        for name, message in failures:
+                            print(f"    FAIL {name}: {message[:2000]}")
+        finally:
+            for server in servers:
+                getattr(server, "stop", lambda: None)()
+    print(f"[browser] {sum(not f for _, _, f in results)}/{len(results)} runs passed every check")
+    return 1 if any(f for _, _, f in results) else 0
 
 
 if __name__ == "__main__":

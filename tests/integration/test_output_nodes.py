@@ -1,6 +1,7 @@
 """Output nodes in the real ComfyUI: multi-view videos written, served by /view and decoded back
 with PyAV, metadata embedded, the ui contract in /history, no partial files after a failed or
-cancelled run, and the consistency metric on synthetic true-rig views against shuffled views.
+cancelled run (cancelling on both ComfyUI generations), and the consistency metric on synthetic true-rig
+views against shuffled views.
 
 Input: views of a textured 3-D scene rendered through a CVD-like rig (tests/core/synthetic_scene.py),
 uploaded as one animated PNG (view-major frames) that ComfyUI's LoadImage reads as an IMAGE batch;
@@ -32,24 +33,38 @@ SAVE = {"views": 0, "filename_prefix": "cvd_it/save", "fps": 8.0, "format": "mp4
 @pytest.fixture(scope="module")
 def scene():
     """Rendered true views ``[V, T, H, W, 3]`` uint8 and the rig as custom camera JSON."""
-    from tests.core.synthetic_scene import make_rig, make_scene, render_rig
+    from tests.core.synthetic_scene import make_rig, make_scene, render_rig, to_pack_convention
 
     K, c2w = make_rig(VIEWS, FRAMES, SIZE, SIZE)
     frames = render_rig(make_scene(seed=0), K, c2w, SIZE, SIZE)
     pixels = (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    K = to_pack_convention(K)  # the rig's convention: pixel centres at +0.5
     rig_json = json.dumps({"views": [{"label": LABELS[v], "K": K[v].tolist(), "c2w": c2w[v].tolist()}
                                      for v in range(VIEWS)]})
     return pixels, rig_json
 
 
 @pytest.fixture(scope="module")
-def uploaded(comfy_server, scene, tmp_path_factory):
-    """The view-major frames uploaded as ``cvd_output_views.png`` (an animated PNG)."""
+def upload_views(scene, tmp_path_factory):
+    """``upload(server)``: the view-major frames uploaded to ``server`` as ``cvd_output_views.png`` (an
+    animated PNG), once per server; returns the name to give LoadImage."""
     pixels, _ = scene
     path = tmp_path_factory.mktemp("upload") / "cvd_output_views.png"
     images = [Image.fromarray(frame) for frame in pixels.reshape(-1, SIZE, SIZE, 3)]
     images[0].save(path, save_all=True, append_images=images[1:])
-    return comfy_server.upload(path)["name"]
+    names = {}
+
+    def upload(server):
+        if server.url not in names:
+            names[server.url] = server.upload(path)["name"]
+        return names[server.url]
+
+    return upload
+
+
+@pytest.fixture(scope="module")
+def uploaded(comfy_server, upload_views):
+    return upload_views(comfy_server)
 
 
 def _graph(image_name, rig_json, **nodes):
@@ -125,7 +140,12 @@ def test_save_writes_playable_views_grid_and_metadata(comfy_server, scene, uploa
     names = sorted(os.listdir(comfy_server.output_dir / "cvd_it"))
     stem = poster["filename"][: -len("_poster.png")]
     assert [n for n in names if n.startswith(stem + "_")] == sorted(
-        [f"{stem}_v{v}.mp4" for v in range(VIEWS)] + [f"{stem}_grid.mp4", f"{stem}_poster.png"])
+        [f"{stem}_v{v}.mp4" for v in range(VIEWS)] + [f"{stem}_grid.mp4", f"{stem}_poster.png",
+                                                      f"{stem}_cameras.json"])
+    assert summary["cameras_file"]["filename"] == f"{stem}_cameras.json"
+    sidecar = json.loads(comfy_server.view(summary["cameras_file"]["filename"], "cvd_it"))
+    assert sidecar["cameras"] == summary["cameras"] and [v["filename"] for v in sidecar["views"]] == \
+        [v["filename"] for v in summary["views"]]
 
 
 def test_preview_png_frames_are_served_from_temp(comfy_server, scene, uploaded):
@@ -157,10 +177,11 @@ def test_wrong_view_count_fails_and_writes_nothing(comfy_server, scene, uploaded
     assert comfy_server.answers()
 
 
-def test_cancel_while_writing_leaves_no_partial_file(comfy_server, scene, uploaded):
+def test_cancel_while_writing_leaves_no_partial_file(each_comfy_server, scene, upload_views):
     """Interrupt once the first temporary file exists: the run stops and every temporary is removed."""
-    _, rig_json = scene
-    folder = comfy_server.output_dir / "cvd_it_cancel"
+    server, (_, rig_json) = each_comfy_server, scene
+    uploaded = upload_views(server)
+    folder = server.output_dir / "cvd_it_cancel"
     long_video = {  # 3 views x 80 frames at 192 x 192: long enough to be caught while encoding
         "4": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 20}},
         "5": {"class_type": "ImageScaleBy", "inputs": {"image": ["4", 0], "upscale_method": "nearest-exact",
@@ -169,15 +190,15 @@ def test_cancel_while_writing_leaves_no_partial_file(comfy_server, scene, upload
               "inputs": dict(SAVE, images=["5", 0], views=VIEWS, filename_prefix="cvd_it_cancel/long",
                              format="webm")},
     }
-    prompt_id = comfy_server.queue(_graph(uploaded, rig_json, **long_video))
+    prompt_id = server.queue(_graph(uploaded, rig_json, **long_video))
     deadline = time.monotonic() + 120
     while not (folder.is_dir() and any(name.endswith(".partial") for name in os.listdir(folder))):
         assert time.monotonic() < deadline, "the save node never started writing"
         time.sleep(0.02)
-    status, _ = comfy_server._request("POST", "/interrupt")
+    status, _ = server._request("POST", "/interrupt")
     assert status == 200
     with pytest.raises(ComfyError) as caught:
-        comfy_server.wait(prompt_id, timeout=120)
+        server.wait(prompt_id, timeout=120)
     assert "execution_interrupted" in json.dumps(caught.value.payload["status"])  # cancelled, not finished
     assert os.listdir(folder) == []
 
@@ -207,4 +228,4 @@ def test_consistency_separates_true_rig_from_shuffled_views(comfy_server, scene,
     (text,) = entry["outputs"]["20"]["text"]
     assert "overall: Sampson mean" in text
     (plot,) = entry["outputs"]["20"]["images"]
-    assert Image.open(io.BytesIO(comfy_server.view(plot["filename"], plot["subfolder"], plot["type"]))).size == (768, 384)
+    assert Image.open(io.BytesIO(comfy_server.view(plot["filename"], plot["subfolder"], plot["type"]))).size == (768, 768)

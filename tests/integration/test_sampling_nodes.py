@@ -1,6 +1,7 @@
 """The multi-view sampler and MCM nodes in the real ComfyUI with the tiny weights and a random CLIP-L:
 videos decode back with PyAV, the MCM schedule equals the reference, the LoRA report is in /history,
-one view runs as plain CameraCtrl, and a run can be cancelled mid-sampling. (Determinism and
+one view runs as plain CameraCtrl, and a run can be cancelled mid-sampling. Progress and previews over
+/ws and the cancel run on both ComfyUI generations (2024-03 and 0.3.64), the rest on 2024-03. (Determinism and
 max_batch invariance are unit-tested in tests/nodes/test_sampling_nodes.py.)"""
 
 from __future__ import annotations
@@ -55,16 +56,17 @@ def _check_progress_and_previews(messages, binaries, steps, frames, latent_size)
     assert max(image.size) >= columns * latent_size
 
 
-def test_two_views_decode_back_with_pyav(comfy_server):
+def test_two_views_decode_back_with_pyav(each_comfy_server):
+    server = each_comfy_server
     prompt = _workflow("cvd_two_views")
     prompt["7"]["inputs"]["steps"] = 3  # the decode/save path; the full 25-step workflow runs in test_workflows_run
     for poses in ("5", "6"):
         prompt[poses]["inputs"]["frames"] = 6  # a 3 x 2 preview grid: not square, so the layout shows
     frames = prompt["5"]["inputs"]["frames"]
     size = prompt["5"]["inputs"]["width"]
-    entry, messages, binaries = comfy_server.run_watching(prompt, timeout=600)
+    entry, messages, binaries = server.run_watching(prompt, timeout=600)
     _check_progress_and_previews(messages, binaries, steps=3, frames=frames, latent_size=size // 8)
-    videos = _videos(comfy_server, entry, "11")
+    videos = _videos(server, entry, "11")
     assert sorted(videos) == ["dolly_forward", "grid", "orbit_right"], sorted(videos)  # labels: pose files
     for label in ("orbit_right", "dolly_forward"):
         assert videos[label].shape == (frames, size, size, 3)
@@ -99,23 +101,24 @@ def test_one_view_runs_as_plain_cameractrl(comfy_server):
     assert sorted(videos) == ["grid", "orbit_right"]
 
 
-def test_interrupt_mid_sampling_cancels_and_the_server_stays_up(comfy_server):
+def test_interrupt_mid_sampling_cancels_and_the_server_stays_up(each_comfy_server):
+    server = each_comfy_server
     prompt = _workflow("cvd_two_views")
     prompt["7"]["inputs"]["steps"] = 1
-    comfy_server.run(prompt, timeout=600)  # loader, CLIP and camera outputs are now cached
+    server.run(prompt, timeout=600)  # loader, CLIP and camera outputs are now cached
     prompt["7"]["inputs"]["steps"] = 500  # minutes of work: only a cancel ends it early
     prompt["11"]["inputs"]["filename_prefix"] = "cvd_it/interrupted"
-    prompt_id = comfy_server.queue(prompt)
+    prompt_id = server.queue(prompt)
     time.sleep(3.0)
-    status, _ = comfy_server._request("POST", "/interrupt")
+    status, _ = server._request("POST", "/interrupt")
     assert status == 200
     started = time.monotonic()
     with pytest.raises(ComfyError) as caught:
-        comfy_server.wait(prompt_id, timeout=120)
+        server.wait(prompt_id, timeout=120)
     assert "execution_interrupted" in json.dumps(caught.value.payload["status"])
     assert time.monotonic() - started < 60
-    assert comfy_server.alive() and comfy_server.get_json("/system_stats")
-    assert not list((comfy_server.output_dir / "cvd_it").glob("interrupted*"))
+    assert server.alive() and server.get_json("/system_stats")
+    assert not list((server.output_dir / "cvd_it").glob("interrupted*"))
 
 
 MAP_SCRIPT = """

@@ -12,7 +12,7 @@ import cvd_core.cvd.network as network
 from cvd_core.cvd import load_cvd_model, write_tiny_cvd_files
 from cvd_core.feature_cache import INPUT_PATCH_NAME, OUTPUT_PATCH_NAME, FeatureCacheConfig, FeatureCacheState
 from nodes._comfy import NodeInputError
-from nodes._schema import build_v1
+from nodes._schema import build_v1, run_checked
 from nodes.feature_cache import ENHANCER, ENHANCER_CVD, KNOBS, knob_values
 
 FRAMES, LATENT = 2, 8
@@ -49,7 +49,7 @@ def plain(model, inputs):
 
 
 def _enhanced(model, cache_target="layers", **overrides):
-    patched, = ENHANCER_CVD.run(model=model, cache_target=cache_target, **knob_values(**overrides)).values
+    patched, = run_checked(ENHANCER_CVD, dict(model=model, cache_target=cache_target, **knob_values(**overrides))).values
     return patched
 
 
@@ -68,16 +68,14 @@ def test_both_nodes_share_the_public_widget_order():
 
 
 def test_validators_name_the_rule():
-    v1 = build_v1(ENHANCER)
-    assert v1.VALIDATE_INPUTS(block_start=7, block_end=19, start_percent=0.0, end_percent=0.6) is True
-    assert "block_end must be -1" in v1.VALIDATE_INPUTS(block_start=9, block_end=8, start_percent=0.0,
-                                                        end_percent=0.6)
-    assert "start_percent" in v1.VALIDATE_INPUTS(block_start=7, block_end=19, start_percent=0.7, end_percent=0.6)
-    assert v1.VALIDATE_INPUTS(block_start=7, block_end=None, start_percent=0.0, end_percent=0.6) is True  # linked
-    cvd = build_v1(ENHANCER_CVD)
-    assert cvd.VALIDATE_INPUTS(block_start=7, block_end=19, start_percent=0.0, end_percent=0.6) is True
-    assert "block_end must be -1" in cvd.VALIDATE_INPUTS(block_start=9, block_end=8, start_percent=0.0,
-                                                         end_percent=0.6)
+    for schema in (ENHANCER, ENHANCER_CVD):
+        v1 = build_v1(schema)
+        assert v1.VALIDATE_INPUTS(block_start=7, block_end=19, start_percent=0.0, end_percent=0.6) is True
+        assert v1.VALIDATE_INPUTS(block_start=9, block_end=8, start_percent=0.0, end_percent=0.6) == (
+            f"{schema.display_name}: block_end must be -1 (through the last block) or at least block_start (9), got 8")
+        assert "start_percent must not exceed end_percent (0.6), got 0.7" in v1.VALIDATE_INPUTS(
+            block_start=7, block_end=19, start_percent=0.7, end_percent=0.6)
+        assert v1.VALIDATE_INPUTS(block_start=7, block_end=None, start_percent=0.0, end_percent=0.6) is True  # linked
 
 
 # ------------------------------------------------------------------------------ CVD_MODEL

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,7 +16,7 @@ from cvd_core.camera import CameraSet
 from cvd_core.io import read_video_metadata
 from nodes import _comfy, output
 from nodes._comfy import NodeInputError
-from nodes._schema import WIDGET_TYPES, build_v1
+from nodes._schema import WIDGET_TYPES, build_v1, run_checked
 
 VIEWS, FRAMES, SIZE = 2, 3, 32
 
@@ -80,7 +79,7 @@ def _save(**overrides):
                 save_grid=True, prompt={"1": {"class_type": "X", "inputs": {}}},
                 extra_pnginfo={"workflow": {"nodes": [], "links": []}}, unique_id="7")
     args.update(overrides)
-    return output._run_save(**args)
+    return run_checked(output.SAVE_MULTIVIEW_VIDEO, args)  # the node's own run path: checks, then run
 
 
 def _all_files(folder):
@@ -92,7 +91,7 @@ def test_widget_orders_are_as_reported():
     assert widgets == {
         "CVD_SaveMultiViewVideo": ["views", "filename_prefix", "fps", "format", "quality", "save_grid"],
         "CVD_PreviewMultiView": ["views", "fps", "format"],
-        "CVD_MultiViewConsistency": ["detector", "max_frames", "ransac_thresh"],
+        "CVD_MultiViewConsistency": ["detector", "max_frames", "ransac_thresh", "pose_estimator"],
     }
     save = build_v1(output.SAVE_MULTIVIEW_VIDEO)
     assert save.OUTPUT_NODE and save.RETURN_TYPES == ()
@@ -118,8 +117,14 @@ def test_save_writes_views_grid_and_poster_with_the_ui_contract(comfy_dirs):
     assert (summary["grid"]["width"], summary["grid"]["height"]) == (2 * SIZE, SIZE)  # 2 views: 1 x 2 tiles
     assert (summary["fps"], summary["frames"], summary["width"], summary["height"]) == (8.0, FRAMES, SIZE, SIZE)
     assert CameraSet.from_dict(summary["cameras"]) == _rig()
-    assert _all_files(out) == ["cvd/test_00001_grid.mp4", "cvd/test_00001_poster.png", "cvd/test_00001_v0.mp4",
-                               "cvd/test_00001_v1.mp4"]
+    assert _all_files(out) == ["cvd/test_00001_cameras.json", "cvd/test_00001_grid.mp4", "cvd/test_00001_poster.png",
+                               "cvd/test_00001_v0.mp4", "cvd/test_00001_v1.mp4"]
+    assert summary["cameras_file"] == {"filename": "test_00001_cameras.json", "subfolder": "cvd", "type": "output"}
+    sidecar = json.loads((out / "cvd" / "test_00001_cameras.json").read_text())
+    assert sidecar["format"] == "cvd_multiview_save/1" and (sidecar["fps"], sidecar["frames"]) == (8.0, FRAMES)
+    assert [(v["view"], v["label"], v["filename"]) for v in sidecar["views"]] == [
+        (0, "left", "test_00001_v0.mp4"), (1, "right", "test_00001_v1.mp4")]
+    assert sidecar["grid"] == "test_00001_grid.mp4" and CameraSet.from_dict(sidecar["cameras"]) == _rig()
     with av.open(str(out / "cvd" / "test_00001_v0.mp4")) as container:
         decoded = list(container.decode(video=0))
     assert len(decoded) == FRAMES and (decoded[0].width, decoded[0].height) == (SIZE, SIZE)
@@ -136,7 +141,7 @@ def test_counter_advances_and_metadata_can_be_disabled(comfy_dirs, monkeypatch):
     monkeypatch.setattr(_comfy, "metadata_disabled", lambda: True)
     second = _save(save_grid=False, format="webm")
     (summary,) = second.ui["cvd_multiview"]
-    assert summary["grid"] is None
+    assert summary["grid"] is None and summary["cameras_file"] is None  # no cameras: no sidecar
     assert [v["filename"] for v in summary["views"]] == ["test_00002_v0.webm", "test_00002_v1.webm"]
     assert "prompt" not in read_video_metadata(str(out / "cvd" / "test_00002_v0.webm"))
     assert "prompt" in read_video_metadata(str(out / "cvd" / "test_00001_v0.mp4"))
@@ -144,13 +149,16 @@ def test_counter_advances_and_metadata_can_be_disabled(comfy_dirs, monkeypatch):
 
 def test_png_format_points_at_frame_zero_with_a_pattern(comfy_dirs):
     out, _ = comfy_dirs
-    (summary,) = _save(format="png").ui["cvd_multiview"]
+    (summary,) = _save(format="png", cameras=_rig()).ui["cvd_multiview"]
     view = summary["views"][0]
     assert (view["filename"], view["subfolder"], view["pattern"]) == ("frame_00000.png", "cvd/test_00001_v0",
                                                                       "frame_%05d.png")
     for k in range(FRAMES):
         assert (out / view["subfolder"] / (view["pattern"] % k)).is_file()
     assert summary["grid"]["subfolder"] == "cvd/test_00001_grid"
+    sidecar = json.loads((out / "cvd" / "test_00001_cameras.json").read_text())
+    assert sidecar["views"][1] == {"view": 1, "label": "right", "filename": "test_00001_v1", "format": "png",
+                                   "pattern": "frame_%05d.png"}
 
 
 def test_views_default_and_count_rules(comfy_dirs):
@@ -190,6 +198,9 @@ def test_preview_goes_to_temp_without_metadata(comfy_dirs):
     assert summary["fps"] == 12.0 and summary["cameras"] is None
     assert [v["label"] for v in summary["views"]] == ["view 0", "view 1"]
     assert _all_files(out) == []
+    with_cameras = output._run_preview(images=_images(), views=VIEWS, fps=12.0, format="mp4", cameras=_rig())
+    assert with_cameras.ui["cvd_multiview"][0]["cameras_file"] is None  # previews keep no sidecar
+    assert not [name for name in _all_files(temp) if name.endswith(".json")]
     path = temp / summary["views"][0]["subfolder"] / summary["views"][0]["filename"]
     assert path.is_file() and "prompt" not in read_video_metadata(str(path))
 
@@ -201,17 +212,17 @@ cv2 = pytest.importorskip("cv2")
 
 @pytest.fixture(scope="module")
 def synthetic():
-    from tests.core.synthetic_scene import make_rig, make_scene, render_rig
+    from tests.core.synthetic_scene import make_rig, make_scene, render_rig, to_pack_convention
 
     K, c2w = make_rig(3, 3, 64, 64)
     frames = render_rig(make_scene(seed=1), K, c2w, 64, 64)
-    return torch.from_numpy(frames.reshape(-1, 64, 64, 3)), K, c2w
+    return torch.from_numpy(frames.reshape(-1, 64, 64, 3)), to_pack_convention(K), c2w
 
 
 def _consistency(images, cameras, **overrides):
     args = dict(detector="sift", max_frames=0, ransac_thresh=1.0)
     args.update(overrides)
-    return output._run_consistency(images=images, cameras=cameras, **args)
+    return run_checked(output.MULTIVIEW_CONSISTENCY, dict(images=images, cameras=cameras, **args))
 
 
 @pytest.fixture
@@ -226,7 +237,7 @@ def test_consistency_on_true_rig_vs_shuffled_views(synthetic, no_preview_files):
     text, plot = good.values
     report = json.loads(text)
     assert report["labels"] == ["a", "b", "c"] and report["intrinsics_rescaled_from"] is None
-    assert len(report["pairs"]) == 3 and plot.shape == (1, 384, 768, 3) and plot.dtype == torch.float32
+    assert len(report["pairs"]) == 3 and plot.shape == (1, 768, 768, 3) and plot.dtype == torch.float32
     assert good.ui["text"][0].startswith("multi-view consistency (sift")
     assert good.ui["cvd_consistency"] == [report] and good.ui["images"] == []
     shuffled_images = images.reshape(3, 3, 64, 64, 3)[[0, 2, 1]].reshape(-1, 64, 64, 3)
@@ -251,7 +262,7 @@ def test_consistency_argument_rules(synthetic, no_preview_files):
         _consistency(images[:6], rig)
     with pytest.raises(NodeInputError, match="at least 2 views"):
         _consistency(images[:3], CameraSet(K[0], c2w[0], 64, 64))
-    with pytest.raises(NodeInputError, match="detector must be one of sift, orb"):
+    with pytest.raises(NodeInputError, match="detector must be one of 'sift', 'orb', got"):
         _consistency(images, rig, detector="akaze")
     odd = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2), size=(60, 60)).permute(0, 2, 3, 1)
     with pytest.raises(NodeInputError, match="cannot be rescaled"):
@@ -274,3 +285,16 @@ def test_metadata_switch_reads_comfyui_cli_args(monkeypatch):
     assert output._metadata({"1": {}}, {"workflow": {}}) == {}
     cli_args.args.disable_metadata = False
     assert output._metadata({"1": {}}, {"workflow": {"a": 1}}) == {"prompt": '{"1": {}}', "workflow": '{"a": 1}'}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_frames_that_are_not_finite_are_refused_and_nothing_is_written(comfy_dirs, bad):
+    out, temp = comfy_dirs
+    images = _images()
+    images[FRAMES + 1, 3, 4, 0] = bad  # view 1, frame 1
+    with pytest.raises(NodeInputError, match=rf"^CVD Save Multi-View Video: images must be finite, got {bad} at view 1, "
+                                             r"frame 1; nothing was written$"):
+        _save(images=images)
+    with pytest.raises(NodeInputError, match="CVD Preview Multi-View: images must be finite"):
+        run_checked(output.PREVIEW_MULTIVIEW, dict(images=images, views=VIEWS, fps=8.0, format="mp4"))
+    assert _all_files(out) == [] and _all_files(temp) == []

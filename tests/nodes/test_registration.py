@@ -62,13 +62,17 @@ def test_v1_class_from_schema():
     assert cls().run(count=3, mode="b") == {"ui": {"text": ["b"]}, "result": (6,)}
 
 
-def test_validator_gets_a_named_signature_for_comfyui_2024():
+def test_validator_names_every_input_for_comfyui_2024():
+    """ComfyUI 2024 passes a validator only the inputs its signature names (and only those the prompt
+    has): every input is named, each defaulting to 'not given'."""
     import inspect
-    cls = build_v1(_toy_schema(validate=lambda count: True if count != 3 else "count must not be 3"))
-    assert inspect.getfullargspec(cls.VALIDATE_INPUTS).args == ["cls", "count"]
-    assert cls.VALIDATE_INPUTS(count=3) == "count must not be 3"
-    assert cls.VALIDATE_INPUTS(count=99) == "count must be at most 8, got 99"  # range re-checked
-    assert cls.VALIDATE_INPUTS(count=2) is True
+    cls = build_v1(_toy_schema(rules=[lambda count: None if count != 3 else "count must not be 3, got 3"]))
+    spec = inspect.getfullargspec(cls.VALIDATE_INPUTS)
+    assert spec.args == ["cls", "count", "mode", "extra"] and spec.varkw is None
+    assert cls.VALIDATE_INPUTS(count=3) == "Toy: count must not be 3, got 3"
+    assert cls.VALIDATE_INPUTS(count=99) == "Toy: count must be an integer from 1 to 8, got 99"
+    assert cls.VALIDATE_INPUTS(count=2, mode="a") is True
+    assert cls.VALIDATE_INPUTS(count=None, mode="a") is True  # a linked input: checked when it runs
 
 
 @pytest.mark.parametrize("bad", [dict(node_id="Toy"), dict(category="misc"),
@@ -89,10 +93,10 @@ def test_v1_input_types_of_pack_nodes_are_well_formed():
 def test_v3_validator_checks_ranges_combos_and_custom_rules():
     """ComfyUI 0.3.x skips combo checks for V3 nodes; the generated V3 validator does them."""
     from nodes._schema import _v3_validator
-    schema = _toy_schema(validate=lambda count: True if count != 3 else "count must not be 3")
+    schema = _toy_schema(rules=[lambda count: None if count != 3 else "count must not be 3, got 3"])
     validate = _v3_validator(schema)
     assert validate(None, count=2, mode="a") is True
-    assert "not one of" in validate(None, count=2, mode="z")
-    assert validate(None, count=9, mode="a") == "count must be at most 8, got 9"
-    assert validate(None, count=3, mode="a") == "count must not be 3"
+    assert validate(None, count=2, mode="z") == "Toy: mode must be one of 'a', 'b', got 'z'"
+    assert validate(None, count=9, mode="a") == "Toy: count must be an integer from 1 to 8, got 9"
+    assert validate(None, count=3, mode="a") == "Toy: count must not be 3, got 3"
     assert validate(None, count=None, mode="a") is True  # a linked input: checked when it runs

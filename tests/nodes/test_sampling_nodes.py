@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 
 from cvd_core.camera import make_preset_rig
 from cvd_core.cvd import load_cvd_model, write_tiny_cvd_files
-from cvd_core.mcm import mcm_timesteps
 from nodes._comfy import NodeInputError
+from nodes._schema import run_checked
 from nodes.mcm import LORA_CVD, SCHEDULER, core_model_patches, merged_copy, schedule_sigmas
 from nodes.sampling import SAMPLER
 from nodes.vae import DECODE, TO_IMAGE_LATENTS
@@ -24,9 +24,25 @@ SIZE, FRAMES = 64, 2  # 64 px: the pose encoder halves 8x8-unshuffled maps three
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    paths = write_tiny_cvd_files(tmp_path_factory.mktemp("cvd"), seed=0)
-    return load_cvd_model(**paths, dtype="fp32", device="cpu")
+def tiny_files(tmp_path_factory):
+    return write_tiny_cvd_files(tmp_path_factory.mktemp("cvd"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_files):
+    return load_cvd_model(**tiny_files, dtype="fp32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_model64(tiny_files):
+    """For max_batch invariance: in float32 differently sized batches round differently from CPU to CPU
+    (1e-5, amplified by cfg); a float64 model makes each row's prediction the same to ~1e-16, so the
+    sampler's float32 latents come out equal, and any difference is a real one (> 1e-2 for a bug)."""
+    return load_cvd_model(**tiny_files, dtype=torch.float64, device="cpu")
+
+
+def _assert_same(actual, expected):
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6 * float(expected.abs().max()))
 
 
 def _rig(views, frames=FRAMES, size=SIZE):
@@ -42,7 +58,7 @@ def _sample(model, views=2, **overrides):
     kwargs = dict(cvd_model=model, cameras=_rig(views), positive=_cond(1), negative=_cond(2), seed=7, steps=1,
                   cfg=8.5, scheduler="ddim", strategy="random", recurrence=1, max_batch=0, denoise=1.0)
     kwargs.update(overrides)
-    latent, = SAMPLER.run(**kwargs).values
+    latent, = run_checked(SAMPLER, kwargs).values  # the node's run path: input checks, then run
     return latent
 
 
@@ -65,14 +81,13 @@ def test_same_seed_same_latent_and_seed_matters(tiny_model):
 
 
 @pytest.mark.parametrize("views", [3])  # odd: one view has two partners
-def test_max_batch_invariance_through_the_node(tiny_model, views):
-    auto = _sample(tiny_model, views=views, max_batch=0, steps=2)["samples"]
-    tight = _sample(tiny_model, views=views, max_batch=2, steps=2)["samples"]
-    odd = _sample(tiny_model, views=views, max_batch=5, steps=2)["samples"]
-    # Same rows, same noise, same accumulation order: only float rounding of differently sized
-    # batched GEMMs differs (about 1e-5, amplified by cfg 8.5); a different seed differs by > 1e-2.
-    torch.testing.assert_close(tight, auto, atol=2e-4, rtol=1e-4)
-    torch.testing.assert_close(odd, auto, atol=2e-4, rtol=1e-4)
+def test_max_batch_invariance_through_the_node(tiny_model64, views):
+    auto = _sample(tiny_model64, views=views, max_batch=0, steps=2)["samples"]
+    tight = _sample(tiny_model64, views=views, max_batch=2, steps=2)["samples"]
+    odd = _sample(tiny_model64, views=views, max_batch=5, steps=2)["samples"]
+    # Same rows, same noise, same accumulation order: a different seed differs by > 1e-2.
+    _assert_same(tight, auto)
+    _assert_same(odd, auto)
 
 
 def test_one_view_is_plain_cameractrl(tiny_model):
@@ -132,7 +147,7 @@ def test_size_must_be_a_multiple_of_8():
 
 
 def test_denoise_below_one_needs_a_latent_and_uses_it(tiny_model):
-    with pytest.raises(NodeInputError, match="needs a latent"):
+    with pytest.raises(NodeInputError, match="denoise must be 1 without a latent to start from"):
         _sample(tiny_model, denoise=0.5)
     start = _sample(tiny_model, views=2, cfg=1.0)
     a = _sample(tiny_model, views=2, cfg=1.0, steps=2, latent=start, denoise=0.5)["samples"]
@@ -148,7 +163,7 @@ def test_mcm_with_sigmas_matches_mcm_with_steps(tiny_model):
     from_sigmas = _sample(tiny_model, scheduler="mcm", cfg=1.0, sigmas=sigmas)["samples"]
     from_steps = _sample(tiny_model, scheduler="mcm", cfg=1.0, steps=2)["samples"]
     torch.testing.assert_close(from_sigmas, from_steps)
-    with pytest.raises(NodeInputError, match="set scheduler to mcm"):
+    with pytest.raises(NodeInputError, match="scheduler must be mcm when sigmas"):
         _sample(tiny_model, scheduler="ddim", sigmas=sigmas)
 
 
@@ -322,11 +337,11 @@ def test_entity_prompts_change_the_result_only_inside_their_masks(tiny_model):
     assert (swapped - regional)[~outside].abs().max() > 1e-3
 
 
-def test_regional_max_batch_invariance_and_latent_size_layout(tiny_model):
+def test_regional_max_batch_invariance_and_latent_size_layout(tiny_model, tiny_model64):
     kw = dict(views=2, cfg=1.0, layout=_layout(), entity_prompts=_cond(11) + _cond(12))
-    auto = _sample(tiny_model, max_batch=0, **kw)["samples"]
-    tight = _sample(tiny_model, max_batch=2, **kw)["samples"]
-    torch.testing.assert_close(tight, auto, atol=2e-4, rtol=1e-4)
+    auto = _sample(tiny_model64, max_batch=0, **kw)["samples"]
+    tight = _sample(tiny_model64, max_batch=2, **kw)["samples"]
+    _assert_same(tight, auto)
     small = _sample(tiny_model, max_batch=2, **dict(kw, layout=_layout(mask_size=SIZE // 8)))["samples"]
     assert torch.isfinite(small).all()
 
@@ -336,9 +351,9 @@ def test_regional_errors_name_the_rule(tiny_model):
     with pytest.raises(NodeInputError, match=r"entity_prompts holds 1 conditionings but the layout has 2 entities "
                                              r"\(car, tree\)"):
         _sample(tiny_model, layout=layout, entity_prompts=_cond(11))
-    with pytest.raises(NodeInputError, match="connect entity_prompts too"):
+    with pytest.raises(NodeInputError, match="entity_prompts must be connected too"):
         _sample(tiny_model, layout=layout)
-    with pytest.raises(NodeInputError, match="connect layout too"):
+    with pytest.raises(NodeInputError, match="layout must be connected too"):
         _sample(tiny_model, entity_prompts=_cond(11))
     with pytest.raises(NodeInputError, match=r"differ in views 2 vs 3"):
         _sample(tiny_model, views=3, layout=layout, entity_prompts=_cond(11) + _cond(12))
@@ -432,3 +447,18 @@ def test_previews_off_or_failing_never_stop_sampling(tiny_model, monkeypatch, ca
     monkeypatch.setattr(sampling, "progress_bar", lambda unique_id=None: _PreviewProgress())
     _stub_comfy_previews(monkeypatch, _StubPreviewer())
     assert torch.equal(_sample(tiny_model, views=2, steps=2, cfg=1.0)["samples"], plain["samples"])
+
+
+def test_out_of_memory_says_what_to_lower_and_stays_an_out_of_memory_error(tiny_model, monkeypatch):
+    import nodes.sampling as sampling
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+    monkeypatch.setattr(sampling, "sample_multiview", exhausted)
+    with pytest.raises(torch.OutOfMemoryError) as caught:  # the type ComfyUI recognizes (it then unloads models)
+        _sample(tiny_model, views=3, max_batch=4)
+    message = str(caught.value)
+    assert "4 of 8 denoiser rows per call" in message  # 3 views: 2 pairs x 2 views x 2 guidance branches and "Tried to allocate 2.00 GiB" in message
+    assert all(hint in message for hint in ("max_batch", "fp16", "--lowvram"))
+    assert caught.value.__context__ is None  # raised outside the except block: the failed call's frames are gone

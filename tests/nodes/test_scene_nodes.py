@@ -9,7 +9,7 @@ import torch
 from cvd_core.camera import make_preset_rig
 from cvd_core.scene import project_layout, validate_plan
 from nodes._comfy import NodeInputError
-from nodes._schema import build_v1
+from nodes._schema import build_v1, run_checked
 from nodes.scene import LIFT, PREVIEW, PROJECT, SCENE_PLAN, SCHEMAS
 
 PROMPT = "a red car drives past a tree in a park"
@@ -26,7 +26,7 @@ def rig():
 
 
 def _plan(**overrides):
-    return SCENE_PLAN.run(**dict(dict(prompt=PROMPT, **PLAN_DEFAULTS), **overrides))
+    return run_checked(SCENE_PLAN, dict(dict(prompt=PROMPT, **PLAN_DEFAULTS), **overrides))
 
 
 def _lift(scene, cameras, **overrides):
@@ -65,7 +65,7 @@ def test_garbage_llm_answer_quotes_the_bad_part():
     with pytest.raises(NodeInputError) as caught:
         _plan(llm_answer="car: Scale: huge, Start: somewhere on the left")
     message = str(caught.value)
-    assert message.startswith("llm_answer:") and "somewhere on the left" in message
+    assert message.startswith("CVD Scene Plan: llm_answer:") and "somewhere on the left" in message
 
 
 def test_plan_json_errors_name_json_paths():
@@ -91,7 +91,7 @@ def test_plan_json_replaces_the_prompt_and_is_resampled_to_frames():
 
 
 def test_empty_prompt_without_plan_is_refused():
-    with pytest.raises(NodeInputError, match="prompt must not be empty"):
+    with pytest.raises(NodeInputError, match="prompt must describe the scene"):
         _plan(prompt="  ")
 
 

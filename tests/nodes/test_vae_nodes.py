@@ -5,6 +5,7 @@ import torch
 
 from cvd_core.cvvae import load_cvvae, write_tiny_cvvae
 from nodes._comfy import NodeInputError
+from nodes._schema import run_checked
 from nodes.vae import DECODE, ENCODE, TO_IMAGE_LATENTS, TO_LATENT_FRAMES
 
 AUTO = dict(tiling="auto", tile_size=0, tile_overlap=0.25, temporal_chunk=0)
@@ -71,7 +72,7 @@ def test_encode_errors_name_the_rule(tiny, kwargs, message):
     args = dict(cvvae=tiny, images=_frames(views=1), pad_frames=False, **AUTO)
     args.update(kwargs)
     with pytest.raises(NodeInputError, match=message.replace("+", r"\+")):
-        ENCODE.run(**args)
+        run_checked(ENCODE, args)
 
 
 def test_decode_refuses_image_latents_and_wrong_channels(tiny):
@@ -79,3 +80,17 @@ def test_decode_refuses_image_latents_and_wrong_channels(tiny):
         DECODE.run(cvvae=tiny, latent={"samples": torch.randn(3, 4, 4, 4)}, **AUTO)
     with pytest.raises(NodeInputError, match="expects 4"):
         DECODE.run(cvvae=tiny, latent={"samples": torch.randn(1, 16, 2, 4, 4)}, **AUTO)
+
+
+def test_non_finite_frames_and_latents_are_refused(tiny):
+    frames = _frames()
+    frames[3, 1, 1, 2] = float("nan")
+    with pytest.raises(NodeInputError, match=r"^CVD CV-VAE Encode \(video\): images must be finite, got nan at frame 3$"):
+        run_checked(ENCODE, dict(cvvae=tiny, images=frames, views=2, pad_frames=False, **AUTO))
+    latent, = ENCODE.run(cvvae=tiny, images=_frames(), views=2, pad_frames=False, **AUTO).values
+    latent["samples"][1, 0, 1] = float("inf")
+    with pytest.raises(NodeInputError, match=r"CVD CV-VAE Decode \(video\): latent must be finite, got inf at view 1, "
+                                             r"channel 0, frame 1; nothing is decoded"):
+        run_checked(DECODE, dict(cvvae=tiny, latent=latent, **AUTO))
+    with pytest.raises(NodeInputError, match="latent must be finite, got inf"):
+        run_checked(TO_IMAGE_LATENTS, dict(latent=latent))

@@ -272,6 +272,10 @@ class ComfyServer:
         """A setting of the server's default user (the current frontend keeps its settings there)."""
         return self.get_json(f"/settings/{urllib.parse.quote(setting_id)}")
 
+    def forget_user_settings(self) -> None:
+        """Delete the default user's settings file: the current frontend then greets a new user."""
+        (self.root / "user" / "default" / "comfy.settings.json").unlink(missing_ok=True)
+
     def set_setting(self, setting_id: str, value: Any) -> None:
         status, data = self._request("POST", f"/settings/{urllib.parse.quote(setting_id)}", json.dumps(value).encode(),
                                      {"Content-Type": "application/json"})

@@ -24,13 +24,19 @@ def _diffusers_path(name: str) -> str:
 
 
 def write_tiny_mcm_adapter(folder: Path, seed: int = 0, cross_attention_dim: int = 768) -> Path:
+    from cvd_core.cvd.tiny import tiny_unet_config
+
+    return write_mcm_adapter(folder, tiny_unet_config(32, cross_attention_dim), seed=seed)
+
+
+def write_mcm_adapter(folder: Path, unet_config: dict, seed: int = 0, rank: int = RANK) -> Path:
+    """A random MCM-layout adapter of ``rank`` for the CVD UNet built from ``unet_config`` (any width)."""
     import torch
     from safetensors.torch import save_file
 
     from cvd_core.cvd.network import CVDUNet
-    from cvd_core.cvd.tiny import tiny_unet_config
 
-    unet = CVDUNet(tiny_unet_config(32, cross_attention_dim)).unet
+    unet = CVDUNet(unet_config).unet
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for name, module in unet.named_modules():
@@ -40,13 +46,13 @@ def write_tiny_mcm_adapter(folder: Path, seed: int = 0, cross_attention_dim: int
         if not any(name == t or name.endswith("." + t) for t in TARGETS):
             continue
         path = _diffusers_path(name)
-        a_shape = (RANK, *weight.shape[1:])
-        b_shape = (weight.shape[0], RANK, *([1] * (weight.dim() - 2)))
+        a_shape = (rank, *weight.shape[1:])
+        b_shape = (weight.shape[0], rank, *([1] * (weight.dim() - 2)))
         state[f"base_model.model.{path}.lora_A.weight"] = (torch.randn(a_shape, generator=generator) * 0.1)
         state[f"base_model.model.{path}.lora_B.weight"] = (torch.randn(b_shape, generator=generator) * 0.01)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(state, str(folder / "adapter_model.safetensors"))
-    config = {"peft_type": "LORA", "r": RANK, "lora_alpha": RANK, "lora_dropout": 0.0, "bias": "none",
+    config = {"peft_type": "LORA", "r": rank, "lora_alpha": rank, "lora_dropout": 0.0, "bias": "none",
               "target_modules": list(TARGETS)}
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return folder

@@ -138,6 +138,9 @@ export class RigView {
     this.listen(this.canvas, "pointerdown", (event) => {
       drag = { x: event.clientX, y: event.clientY, yaw: this.yaw, pitch: this.pitch };
       this.canvas.setPointerCapture?.(event.pointerId);
+      // preventDefault below also prevents the focus a click gives; take it explicitly, so that a
+      // frontend that leaves the wheel only to a focused widget (Vue nodes) lets it zoom the rig.
+      this.canvas.focus?.({ preventScroll: true });
       event.stopPropagation();
       event.preventDefault();
     });

@@ -1,0 +1,272 @@
+"""The server side of the worker cluster: who is connected, and starting a job on them.
+
+A sampler server (ComfyUI with ``CVD_DIST_LISTEN`` set) runs one ``WorkerPool``: it listens for
+workers on the control port and hosts a ``torch.distributed`` TCPStore on the next port. Workers
+(``python -m cvd_core.parallel.worker``) connect, say hello, send a heartbeat every few seconds
+and wait for jobs. Every sampling job that asks for workers builds a **fresh process group** of
+the server (rank 0) and the workers that are idle at that moment (ranks 1..W), keyed by a job id
+in the store, and destroys it at the end. So a worker that died, was restarted or joined late
+simply takes part in the next job; nothing outlives a job but the control connections.
+
+Job start (``open_job``), over the control channel:
+1. server -> each worker: ``offer`` (job id, rank, world size, backend, timeout, the model recipe
+   and the shapes of the run's tensors);
+2. worker: checks its files against the recipe's hashes, builds (or reuses) the model, answers
+   ``ready`` or ``refused`` (with the reason: a missing file, a different hash, ...);
+3. server -> each worker: ``start`` when all are ready (else ``cancel``), then every rank joins
+   the process group.
+At the end each worker answers ``finished`` and becomes idle again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from .control import PROTOCOL, Channel, ChannelClosed
+
+LOG = logging.getLogger("cvd_multiview.parallel")
+
+DEFAULT_PORT = 29650
+HEARTBEAT_S = 5.0
+
+
+class WorkerJobError(RuntimeError):
+    """A distributed job could not start or did not finish; the message names the worker and why."""
+
+
+@dataclass
+class Worker:
+    """A connected worker as the server sees it."""
+
+    id: int
+    name: str
+    host: str
+    pid: int
+    device: str
+    channel: Channel
+    state: str = "idle"  # idle | busy | finishing | gone
+    last_seen: float = field(default_factory=time.monotonic)
+    replies: "queue.Queue" = field(default_factory=queue.Queue)
+
+    def label(self, rank: Optional[int] = None) -> str:
+        where = f"'{self.name}' on {self.host}, pid {self.pid}, {self.device}"
+        return f"worker rank {rank} ({where})" if rank is not None else f"worker {where}"
+
+
+class WorkerPool:
+    """Accepts workers on ``port`` (control) and serves the job store on ``store_port``."""
+
+    def __init__(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT, store_port: Optional[int] = None,
+                 heartbeat_timeout: float = 30.0):
+        self.host = host
+        self.port = int(port)
+        self.store_port = int(store_port) if store_port else self.port + 1
+        self.heartbeat_timeout = float(heartbeat_timeout)
+        self.store = None
+        self._workers: Dict[int, Worker] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._jobs = itertools.count(1)
+        self._listener: Optional[socket.socket] = None
+        self._stopped = threading.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> "WorkerPool":
+        import torch.distributed as dist
+
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self.port))
+        listener.listen(64)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self.store = dist.TCPStore(self.host, self.store_port, is_master=True, wait_for_workers=False)
+        threading.Thread(target=self._accept, name="cvd-workers-accept", daemon=True).start()
+        threading.Thread(target=self._watch, name="cvd-workers-watch", daemon=True).start()
+        LOG.info("cvd-multiview: waiting for sampler workers on %s:%d (job store on port %d)", self.host,
+                 self.port, self.store_port)
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
+            worker.channel.close()
+
+    # -- connections -----------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                sock, address = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(sock, address), daemon=True,
+                             name=f"cvd-worker-{address[0]}").start()
+
+    def _serve(self, sock: socket.socket, address) -> None:
+        channel = Channel(sock, f"{address[0]}:{address[1]}")
+        try:
+            hello = channel.receive(timeout=15)
+        except (ChannelClosed, queue.Empty):
+            channel.close()
+            return
+        if hello.get("type") != "hello" or hello.get("protocol") != PROTOCOL:
+            LOG.warning("cvd-multiview: refused a worker from %s: protocol %r (this server speaks %d)",
+                        address[0], hello.get("protocol"), PROTOCOL)
+            try:
+                channel.send({"type": "bye", "error": f"protocol mismatch: server speaks {PROTOCOL}"})
+            except ChannelClosed:
+                pass
+            channel.close()
+            return
+        worker = Worker(next(self._ids), str(hello.get("name", "?")), address[0], int(hello.get("pid", 0)),
+                        str(hello.get("device", "?")), channel)
+        with self._lock:
+            self._workers[worker.id] = worker
+        try:
+            channel.send({"type": "welcome", "worker": worker.id})
+        except ChannelClosed:
+            pass
+        LOG.info("cvd-multiview: %s joined", worker.label())
+        self._dispatch(worker)
+
+    def _dispatch(self, worker: Worker) -> None:
+        while True:
+            try:
+                message = worker.channel.receive()
+            except ChannelClosed:
+                break
+            worker.last_seen = time.monotonic()
+            kind = message.get("type")
+            if kind == "ping":
+                continue
+            if kind == "finished":
+                with self._lock:
+                    if worker.state in ("busy", "finishing"):
+                        worker.state = "idle"
+                if not message.get("ok", True):
+                    LOG.info("cvd-multiview: %s ended job %s: %s", worker.label(), message.get("job"),
+                             message.get("error"))
+                continue
+            worker.replies.put(message)
+        self._drop(worker, "its control connection closed")
+
+    def _drop(self, worker: Worker, why: str) -> None:
+        with self._lock:
+            if self._workers.pop(worker.id, None) is None:
+                return
+            worker.state = "gone"
+        worker.channel.close()
+        worker.replies.put(None)
+        LOG.warning("cvd-multiview: %s left (%s)", worker.label(), why)
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(1.0):
+            now = time.monotonic()
+            with self._lock:
+                silent = [w for w in self._workers.values() if now - w.last_seen > self.heartbeat_timeout]
+            for worker in silent:
+                self._drop(worker, f"no heartbeat for {self.heartbeat_timeout:.0f} s")
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    def workers(self) -> List[Worker]:
+        with self._lock:
+            return sorted(self._workers.values(), key=lambda w: w.id)
+
+    def claim(self, limit: Optional[int] = None) -> List[Worker]:
+        """Mark the idle workers (at most ``limit``) busy and return them, in joining order."""
+        with self._lock:
+            idle = [w for w in sorted(self._workers.values(), key=lambda w: w.id) if w.state == "idle"]
+            chosen = idle if limit is None else idle[:limit]
+            for worker in chosen:
+                worker.state = "busy"
+        return chosen
+
+    def release(self, workers: List[Worker], wait_s: float = 0.0) -> None:
+        """After a job: each worker becomes idle again when it reports ``finished``.
+
+        ``wait_s``: how long to wait for those reports (a worker reports right after it leaves the
+        group), so that the next job finds the workers idle instead of running without them.
+        """
+        with self._lock:
+            for worker in workers:
+                if worker.state == "busy":
+                    worker.state = "finishing"
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if all(w.state in ("idle", "gone") for w in workers):
+                    return
+            time.sleep(0.02)
+
+    def new_job_id(self) -> str:
+        return f"{int(time.time())}-{next(self._jobs)}"
+
+    def open_job(self, job_id: str, workers: List[Worker], offers: List[dict], load_timeout: float) -> None:
+        """Offer the job to every worker and start it once all are ready; raise ``WorkerJobError`` if not."""
+        for rank, (worker, offer) in enumerate(zip(workers, offers), start=1):
+            try:
+                worker.channel.send(offer)
+            except ChannelClosed:
+                self._cancel(job_id, workers)
+                raise WorkerJobError(f"{worker.label(rank)} left before the job started") from None
+        deadline = time.monotonic() + load_timeout
+        for rank, worker in enumerate(workers, start=1):
+            reply = self._reply(worker, job_id, deadline)
+            problem = None
+            if reply is None:
+                problem = f"{worker.label(rank)} disconnected while loading the model"
+            elif reply == "timeout":
+                problem = (f"{worker.label(rank)} did not get the model ready within {load_timeout:.0f} s "
+                           "(CVD_DIST_LOAD_TIMEOUT)")
+            elif reply.get("type") == "refused":
+                problem = f"{worker.label(rank)} refused the job: {reply.get('error')}"
+            if problem:
+                self._cancel(job_id, workers)
+                raise WorkerJobError(problem)
+        for rank, worker in enumerate(workers, start=1):
+            try:
+                worker.channel.send({"type": "start", "job": job_id})
+            except ChannelClosed:
+                self._cancel(job_id, workers)
+                raise WorkerJobError(f"{worker.label(rank)} left before the job started") from None
+
+    def _reply(self, worker: Worker, job_id: str, deadline: float):
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "timeout"
+            try:
+                message = worker.replies.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
+            if message is None:
+                worker.replies.put(None)
+                return None
+            if message.get("job") == job_id and message.get("type") in ("ready", "refused"):
+                return message
+
+    def _cancel(self, job_id: str, workers: List[Worker]) -> None:
+        for worker in workers:
+            try:
+                worker.channel.send({"type": "cancel", "job": job_id})
+            except ChannelClosed:
+                pass
+        self.release(workers)
+
+    def state_of(self, worker: Worker) -> str:
+        with self._lock:
+            return worker.state

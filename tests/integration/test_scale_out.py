@@ -1,0 +1,155 @@
+"""Scaling the sampler out in the real ComfyUI: ``devices = cpu,cpu`` (a thread per replica), and a
+torch.distributed worker process (gloo) joining a server started with ``CVD_DIST_LISTEN``.
+
+The latents are read back exactly (core ``SaveLatent`` writes them as safetensors). Tolerance as in
+``tests/core/test_sampling_parallel_model.py``: 8x the noise floor of changing the batch
+composition (``max_batch`` 2 vs auto, measured in the same run) plus 16 float32 ulps.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.support.comfy_harness import PACK_ROOT, ComfyError, ComfyServer, free_port
+from tests.support.pack_info import api_workflows
+
+pytestmark = pytest.mark.integration
+
+SAMPLER = "7"
+
+
+def _prompt(prefix: str, devices=None, steps: int = 2, max_batch: int = 0, seed: int = 42):
+    """The two-view workflow up to the sampler (4 frames, 64 px), then SaveLatent."""
+    workflow = copy.deepcopy(next(p for n, p, _ in api_workflows() if n == "cvd_two_views"))
+    prompt = {k: workflow[k] for k in ("1", "2", "3", "4", "5", "6", SAMPLER)}
+    for poses in ("5", "6"):
+        prompt[poses]["inputs"]["frames"] = 4
+    prompt[SAMPLER]["inputs"].update(steps=steps, max_batch=max_batch, seed=seed)
+    if devices is not None:
+        prompt[SAMPLER]["inputs"]["devices"] = devices
+    prompt["20"] = {"class_type": "SaveLatent", "inputs": {"samples": [SAMPLER, 0], "filename_prefix": prefix}}
+    return prompt
+
+
+def _latent(server: ComfyServer, entry) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    (item,) = entry["outputs"]["20"]["latents"]
+    return load_file(str(server.output_dir / item["subfolder"] / item["filename"]))["latent_tensor"]
+
+
+def _run(server: ComfyServer, prefix: str, **kw) -> torch.Tensor:
+    return _latent(server, server.run(_prompt(prefix, **kw), timeout=600))
+
+
+def tolerance(reference, floor_run):
+    floor = float((floor_run - reference).abs().max())
+    return 8 * floor + 16 * torch.finfo(torch.float32).eps * float(reference.abs().max())
+
+
+def test_cpu_cpu_gives_the_same_latents_and_bad_devices_are_named(comfy_server):
+    reference = _run(comfy_server, "scale/one")  # no devices input: a workflow saved before it existed
+    floor_run = _run(comfy_server, "scale/floor", max_batch=2)
+    split = _run(comfy_server, "scale/two", devices="cpu,cpu")
+    assert reference.shape == (2, 4, 4, 8, 8)
+    assert float((split - reference).abs().max()) <= tolerance(reference, floor_run)
+    assert torch.equal(_run(comfy_server, "scale/empty", devices=""), reference)  # '' = the old path, exactly
+    error = comfy_server.failure_of(_prompt("scale/bad", devices="cuda:0"))
+    assert "devices: 'cuda:0' needs a CUDA GPU, but torch sees none" in error
+    error = comfy_server.failure_of(_prompt("scale/workers", devices="workers"))
+    assert "devices: 'workers' needs this ComfyUI started with CVD_DIST_LISTEN" in error
+    assert comfy_server.answers()
+
+
+# ------------------------------------------------------------------------------ torch.distributed
+
+
+@pytest.fixture(scope="module")
+def dist_server(tmp_path_factory):
+    """A ComfyUI of its own that listens for sampler workers (CVD_DIST_LISTEN), and its control port."""
+    from tests.support.model_installers import install_test_models
+
+    port = free_port()
+    server = ComfyServer(tmp_path_factory.mktemp("comfyui_dist"))
+    install_test_models(server.root)
+    saved = {k: os.environ.get(k) for k in ("CVD_DIST_LISTEN", "CVD_DIST_STORE_PORT", "CVD_DIST_TIMEOUT")}
+    os.environ.update(CVD_DIST_LISTEN=f"127.0.0.1:{port}", CVD_DIST_STORE_PORT=str(free_port()),
+                      CVD_DIST_TIMEOUT="60")
+    try:
+        server.start()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    try:
+        yield server, port
+    finally:
+        server.stop()
+
+
+class WorkerProcess:
+    """``python -m cvd_core.parallel.worker`` against the test server, one CPU thread; killed by PID."""
+
+    def __init__(self, server: ComfyServer, port: int, name: str):
+        self.log = server.workdir / f"{name}.log"
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cvd_core.parallel.worker", "--server", f"127.0.0.1:{port}", "--models",
+                 str(server.models_dir), "--threads", "1", "--name", name],
+                cwd=PACK_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+def _wait_for_log(server: ComfyServer, text: str, count: int = 1, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while server.log_text().count(text) < count:
+        assert time.monotonic() < deadline, f"no {text!r} in the server log:\n{server.log_tail()}"
+        assert server.alive(), server.log_tail()
+        time.sleep(0.1)
+
+
+def test_a_worker_rank_gives_the_same_latents_and_killing_it_fails_only_that_job(dist_server):
+    server, port = dist_server
+    alone = _run(server, "dist/alone", devices="workers")  # nobody joined yet: runs locally, and says so
+    assert "no idle sampler worker connected: this job runs on the local device(s) only" in server.log_text()
+    floor_run = _run(server, "dist/floor", max_batch=2)
+
+    worker = WorkerProcess(server, port, "worker-a")
+    try:
+        _wait_for_log(server, "worker 'worker-a'")
+        joined = _run(server, "dist/joined", devices="workers")
+        _wait_for_log(server, "+ 1 worker(s) (gloo)")
+        assert float((joined - alone).abs().max()) <= tolerance(alone, floor_run)
+
+        prompt_id = server.queue(_prompt("dist/killed", devices="workers", steps=400))
+        _wait_for_log(server, "+ 1 worker(s) (gloo)", count=2)
+        time.sleep(1.0)  # a few steps in
+        worker.kill()
+        with pytest.raises(ComfyError) as failed:
+            server.wait(prompt_id, timeout=120)
+        message = str(failed.value)
+        assert "worker rank 1 ('worker-a'" in message and "failed at step" in message, message
+        assert "the worker process ended or lost its connection" in message, message
+        assert "next job uses the workers still connected (or runs locally)" in message
+        assert server.answers()
+        assert not list((server.output_dir / "dist").glob("killed*"))  # nothing half-written
+
+        after = _run(server, "dist/after", devices="workers")  # the next job: locally, the same latents
+        assert server.log_text().count("no idle sampler worker connected") == 2
+        assert torch.equal(after, alone)
+    finally:
+        worker.kill()
