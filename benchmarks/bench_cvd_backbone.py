@@ -2,7 +2,8 @@
 
 Usage: python benchmarks/bench_cvd_backbone.py [--views 2 4] [--frames 16] [--size 256]
        [--dtype fp32] [--device cpu] [--repeats 1] [--threads 0]
-       python benchmarks/bench_cvd_backbone.py --official-src ~/src/CVD --views 2 [--frames 8 --size 128]
+       python benchmarks/bench_cvd_backbone.py --official-src ~/src/CVD --views 2 [--size 128 --width 64]
+           [--fp64-reference]
 
 Random weights are written once to a temporary folder in the official layouts (full width) and
 loaded through ``load_cvd_model``. The UNet batch is the CFG layout (2 rows per view: row
@@ -15,6 +16,15 @@ its inference config (``configs/inference_config.yaml``; first-frame pseudo line
 run interleaved (ours, official, ours, ...); the script prints every time, the median ratio
 official/ours and the max output difference. The official code needs three shims to import with
 today's diffusers (``benchmarks/official_code.py``); they are printed.
+
+The comparison runs at **16 frames only**: the official ``EpiEncoding.get_attn_map`` puts the
+first-frame pseudo epipolar lines on every 16th row of the (batch frame) flattening
+(``F_coords[::16]``), which is frame 0 of every video only when videos have 16 frames (CVD's
+trained length). Ours puts them on frame 0 of every video at any length. At 4 frames the official
+code gives frame 0 of all but every 4th video no line (F = 0 there: bias 0, full attention), and
+the outputs differ by ~0.1: a different computation, not a timing of the same one.
+``--fp64-reference`` also runs ours in float64 and prints both sides' distance from it: the
+float32 noise floor the ours-vs-official difference is to be read against.
 """
 
 from __future__ import annotations
@@ -265,8 +275,34 @@ def official_step(unet, pose, inputs, device, dtype):
                 encoder_hidden_states=inputs["text"].to(device, dtype), pose_embedding_features=features).sample
 
 
-def compare_official(src, views, frames, size, dtype, device, files, repeats):
-    """Interleaved ours vs official on one step; {times, ratio, max diff, notes}."""
+OFFICIAL_FRAMES = 16  # the official first-frame rule (F_coords[::16]) assumes 16-frame videos
+
+
+def check_official_frames(frames: int) -> None:
+    """The official code computes what ours does only at 16 frames (module docstring); refuse others."""
+    if frames != OFFICIAL_FRAMES:
+        raise ValueError(f"--frames must be {OFFICIAL_FRAMES} with --official-src, got {frames}: the official "
+                         "EpiEncoding puts the first-frame pseudo lines on every 16th (batch frame) row "
+                         "(F_coords[::16]), which is frame 0 of every video only at 16 frames, so at other "
+                         "lengths the two implementations compute different attention biases")
+
+
+def fp64_reference(files, inputs, device):
+    """Our step in float64 (F stays float32, as both implementations compute the bias from it)."""
+    model = load_files(files, torch.float64, device)
+    inputs = dict(inputs, latents=inputs["latents"].double())  # predict_noise returns the latents' dtype
+    with torch.no_grad():
+        out = model.predict_noise(**inputs)
+    del model
+    return out
+
+
+def compare_official(src, views, frames, size, dtype, device, files, repeats, reference=False):
+    """Interleaved ours vs official on one step; {times, ratio, max diff, notes}.
+
+    ``reference``: also each side's max distance from our float64 step (the noise floor).
+    """
+    check_official_frames(frames)
     device = torch.device(device)
     ours = load_files(files, dtype, device)
     unet, pose, notes = official_model(src, files, size, dtype, device)
@@ -289,11 +325,17 @@ def compare_official(src, views, frames, size, dtype, device, files, repeats):
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     diff = (outputs["ours"].float() - outputs["official"].float()).abs().max().item()
     scale = outputs["official"].float().abs().max().item()
-    return {"views": views, "frames": frames, "size": size, "dtype": str(dtype).replace("torch.", ""),
-            "device": str(device), "threads": torch.get_num_threads(), "seconds": times,
-            "median_ours": med["ours"], "median_official": med["official"],
-            "ratio_official_over_ours": med["official"] / med["ours"], "max_abs_diff": diff,
-            "official_output_max_abs": scale, "notes": notes}
+    result = {"views": views, "frames": frames, "size": size, "dtype": str(dtype).replace("torch.", ""),
+              "device": str(device), "threads": torch.get_num_threads(), "seconds": times,
+              "median_ours": med["ours"], "median_official": med["official"],
+              "ratio_official_over_ours": med["official"] / med["ours"], "max_abs_diff": diff,
+              "official_output_max_abs": scale, "notes": notes}
+    if reference:
+        del ours, unet, pose  # room for the float64 model
+        exact = fp64_reference(files, inputs, device)
+        for name, out in outputs.items():
+            result[f"max_abs_diff_{name}_vs_ours_fp64"] = (out.double() - exact).abs().max().item()
+    return result
 
 
 def main():
@@ -310,8 +352,16 @@ def main():
                         "time the official denoiser side by side on the same weights and inputs")
     parser.add_argument("--width", type=int, default=None,
                         help="one width for every UNet level instead of SD1.5's (quick runs; default full width)")
+    parser.add_argument("--fp64-reference", action="store_true",
+                        help="with --official-src: also run ours in float64 and print each side's distance "
+                        "from it (the noise floor; one more model in memory, in float64)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
+    if args.official_src:
+        try:
+            check_official_frames(args.frames)
+        except ValueError as error:
+            parser.error(str(error))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -324,7 +374,7 @@ def main():
         for views in args.views:
             if args.official_src:
                 result = compare_official(args.official_src, views, args.frames, args.size, dtype, device, files,
-                                          args.repeats)
+                                          args.repeats, reference=args.fp64_reference)
             else:
                 with torch.no_grad():
                     result = run(views, args.frames, args.size, dtype, device, files, args.repeats, args.flops)
