@@ -7,8 +7,17 @@
    Each case runs in a fresh subprocess; peak = ru_maxrss during the call minus RSS before it.
 3. GPU (skipped without CUDA): fp16 decode throughput at 512x512 and fp16-vs-fp32 max error.
 
+4. ``--official-src DIR`` (a local clone of github.com/AILab-CVC/CV-VAE, never copied): the official
+   ``CVVAEModel`` from that checkout on the same weights and input, in default modes on both sides
+   (ours ``auto``; the official config's 16-frame chunks and 576 px tiles), encode and decode timed
+   in interleaved repetitions (ours, official, ours, ...) in this process; prints every time, the
+   median ratio official/ours, the max output difference and the machine's load. Without xformers
+   the official attention runs on an SDPA stand-in with its contract (said in the output).
+
 Usage: python benchmarks/bench_cvvae.py [--size 256] [--frames 17] [--mem-size 256] [--tile 128]
        [--mem-frames 17 33 65] [--untiled-max-frames 65] [--skip-speed] [--skip-memory]
+       python benchmarks/bench_cvvae.py --official-src ~/src/CV-VAE [--frames 17 --size 256]
+       [--repeats 3] [--threads 2] [--device cpu --dtype fp32]
 """
 
 from __future__ import annotations
@@ -121,6 +130,104 @@ def gpu_section() -> list:
     return lines
 
 
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved(functions: dict, repeats: int, device="cpu") -> dict:
+    """Run each function once per round, in turn, ``repeats`` rounds; {name: [seconds...]}.
+
+    Interleaving keeps a ratio meaningful when the machine's speed drifts (other jobs on the cores).
+    """
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            _sync(device)
+            start = time.perf_counter()
+            function()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(values):
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def count_flops(ours, official, frames: int, size: int) -> dict:
+    """Encoder/decoder TFLOP of both implementations (torch's FlopCounterMode on the meta device: no compute)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        mine = type(ours)(**ours.config)
+        theirs = type(official)(**{k: v for k, v in official.config.items() if not k.startswith("_")})
+    z = torch.empty(1, ours.latent_channels, 1 + (frames - 1) // 4, size // 8, size // 8, device="meta")
+    x = torch.empty(1, 3, frames, size, size, device="meta")
+    flops = {}
+    for name, model in (("ours", mine), ("official", theirs)):
+        for part, call in (("encode", lambda: model.encoder(x)), ("decode", lambda: model.decoder(z))):
+            counter = FlopCounterMode(display=False)
+            with torch.no_grad(), counter:
+                call()
+            flops[f"{part}_{name}_tflop"] = round(counter.get_total_flops() / 1e12, 3)
+    return flops
+
+
+def official_comparison(src, frames: int, size: int, repeats: int, device="cpu", dtype=torch.float32,
+                        ch: int = 128) -> dict:
+    """Ours (default ``auto``) vs the official CVVAEModel from ``src`` (its default chunking/tiling)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import official_code
+
+    official_code.load_official_cvvae_package(src)
+    ours = build_full_model(device=device, dtype=dtype, ch=ch)
+    official = official_code.official_cvvae_like(ours)
+    x = (torch.rand(1, 3, frames, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device, dtype)
+    results = {"frames": frames, "size": size, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+               "threads": torch.get_num_threads(), "params": sum(p.numel() for p in ours.parameters()),
+               "load_before": os.getloadavg()}
+    with torch.no_grad():
+        z = encode_video(ours, x, TilingConfig("auto")).mode()
+        outputs = {}
+        encode = {"ours": lambda: outputs.__setitem__("enc_ours", encode_video(ours, x, TilingConfig("auto")).moments),
+                  "official": lambda: outputs.__setitem__("enc_official", official.encode(x).latent_dist.parameters)}
+        decode = {"ours": lambda: outputs.__setitem__("dec_ours", decode_video(ours, z, TilingConfig("auto"))),
+                  "official": lambda: outputs.__setitem__("dec_official", official.decode(z).sample)}
+        results["encode_seconds"] = interleaved(encode, repeats, device)
+        results["decode_seconds"] = interleaved(decode, repeats, device)
+    for part in ("encode", "decode"):
+        t = results[f"{part}_seconds"]
+        results[f"{part}_ratio_official_over_ours"] = median(t["official"]) / median(t["ours"])
+        diff = (outputs[f"{part[:3]}_ours"].float() - outputs[f"{part[:3]}_official"].float()).abs().max().item()
+        results[f"{part}_max_abs_diff"] = diff
+    results["load_after"] = os.getloadavg()
+    results["flops"] = count_flops(ours, official, frames, size)
+    results["notes"] = list(official_code.NOTES)
+    return results
+
+
+def print_official(r: dict) -> None:
+    print(f"\n## Ours vs official CV-VAE, {r['frames']}x{r['size']}x{r['size']}, {r['device']} {r['dtype']}, "
+          f"{r['params'] / 1e6:.1f} M params, {r['threads']} threads, load average "
+          f"{' '.join(f'{v:.1f}' for v in r['load_before'])} -> {' '.join(f'{v:.1f}' for v in r['load_after'])}\n")
+    print("| part | ours s (each) | official s (each) | ours median | official median | official / ours | max abs diff |")
+    print("|---|---|---|---|---|---|---|")
+    for part in ("encode", "decode"):
+        t = r[f"{part}_seconds"]
+        print(f"| {part} | {', '.join(f'{v:.1f}' for v in t['ours'])} | {', '.join(f'{v:.1f}' for v in t['official'])} "
+              f"| {median(t['ours']):.2f} | {median(t['official']):.2f} | {r[f'{part}_ratio_official_over_ours']:.2f}x "
+              f"| {r[f'{part}_max_abs_diff']:.2e} |")
+    f = r.get("flops", {})
+    if f:
+        print(f"\nFLOPs (FlopCounterMode): encode ours {f['encode_ours_tflop']} / official {f['encode_official_tflop']} "
+              f"TFLOP, decode ours {f['decode_ours_tflop']} / official {f['decode_official_tflop']} TFLOP")
+    for note in r["notes"]:
+        print(f"- {note}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
@@ -134,7 +241,26 @@ def main() -> None:
                         help="base channels of the memory cases (128 = official; smaller runs faster, same scaling)")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--official-src", help="local clone of github.com/AILab-CVC/CV-VAE: time the official "
+                        "implementation side by side (only this comparison runs)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions of the comparison")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--width", type=int, default=128, help="base channels of the comparison (128 = official)")
+    parser.add_argument("--json", help="also write the comparison's figures to this JSON file")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.official_src:
+        from cvd_core.dtypes import resolve_dtype
+
+        result = official_comparison(args.official_src, args.frames, args.size, args.repeats, args.device,
+                                     resolve_dtype(args.dtype, args.device), ch=args.width)
+        print_official(result)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return
     global TILED, MEM_WIDTH
     MEM_WIDTH = args.mem_width
     TILED = TilingConfig("manual", tile_size=args.tile, tile_overlap=0.25, temporal_chunk=8)

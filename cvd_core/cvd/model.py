@@ -125,6 +125,11 @@ class CVDModel(ParameterPlacement, nn.Module):
                              "(one view, CVSMs skipped)")
         if F_mats.shape != (batch, frames, 3, 3):
             raise ValueError(f"F_mats must be [B={batch}, F={frames}, 3, 3], got {tuple(F_mats.shape)}")
+        if F_mats.dtype in (torch.float16, torch.bfloat16):
+            # Pixel-unit F entries reach ~1e-7: half precision flushes them and moves the epipolar
+            # bias by whole units (up to ~4 in fp16), silently. The bias is computed in float32.
+            raise ValueError(f"F_mats must be float32 or float64, got {F_mats.dtype}: fundamental matrices lose "
+                             "the epipolar geometry in half precision (keep them float32 whatever the model dtype)")
         if text.dim() != 3 or text.shape[0] != batch:
             raise ValueError(f"text must be [B={batch}, tokens, D], got {tuple(text.shape)}")
         if partner.shape != (batch,):

@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from ..dtypes import ParameterPlacement
+
+
+_UPCAST_WARNED = set()
+
+
+def upcast_rerun(part: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
+    """``part(x)`` recomputed with fp32 copies of its weights (the module itself is not changed).
+
+    Returns the result in fp16 when it fits, else in fp32; a non-finite fp32 result is an error.
+    """
+    if what not in _UPCAST_WARNED:
+        _UPCAST_WARNED.add(what)
+        warnings.warn(f"CV-VAE {what}: fp16 overflowed (values beyond 65504 became inf); this block was "
+                      "recomputed in fp32 (force_upcast). Load the VAE as bf16 or fp32 to avoid the extra pass.",
+                      RuntimeWarning, stacklevel=3)
+    tensors = {name: t.float() if t.is_floating_point() else t
+               for name, t in list(part.named_parameters()) + list(part.named_buffers())}
+    with torch.no_grad():
+        out = torch.func.functional_call(part, tensors, (x.float(),))
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"CV-VAE {what} gives non-finite values even in fp32: the input holds NaN/inf "
+                         "or extreme values, or the weights are corrupt")
+    fits = bool((out.abs() <= torch.finfo(torch.float16).max).all())
+    return out.half() if fits else out
 
 
 class CVVAEBase(ParameterPlacement, nn.Module):
@@ -45,11 +70,28 @@ class CVVAEBase(ParameterPlacement, nn.Module):
     # so tests can intercept them (e.g. to simulate out-of-memory on large tiles).
     def encode_tile(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder on one [B,3,T,H,W] block -> moments [B,2z,T',H/8,W/8]."""
-        return self.encoder(x)
+        return self._run_part(self.encoder, x, "encode")
 
     def decode_tile(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder on one [B,z,T',h,w] block -> pixels [B,3,4T'-3,8h,8w]."""
-        return self.decoder(z)
+        return self._run_part(self.decoder, z, "decode")
+
+    def _run_part(self, part: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
+        """``part(x)``; in fp16, a block whose result overflowed is recomputed in fp32 (``force_upcast``).
+
+        The official configs set ``force_upcast: true`` (diffusers' flag for "this VAE is not
+        fp16-safe"), while the official scripts run fp16 anyway and never read it. fp16 ends at 65504;
+        the widest activations (full-resolution decoder levels, GroupNorm inputs) can pass that with
+        real weights and real images, and inf then turns into NaN frames. So an fp16 block runs in
+        fp16 (fast) and, only if its output is not finite, again with fp32 copies of the weights.
+        bf16 has fp32's range and needs no such check.
+        """
+        out = part(x)
+        if out.dtype != torch.float16 or not self.config.get("force_upcast", True):
+            return out
+        if bool(torch.isfinite(out).all()):
+            return out
+        return upcast_rerun(part, x, what)
 
     def encode(self, x: torch.Tensor, tiling=None, pad: bool = False, progress=None):
         """Pixels in [-1, 1] ([B,3,T,H,W]; 4-D = single frames) -> :class:`CVVAEPosterior`.

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import CVVAEBase
-from .layers import CausalConv3d as _CausalConv3d, Conv2dWithExtraDim, Conv3d as _FastConv3d, batch_to_frames, depth_to_time, frames_to_batch, single_head_attention
+from .layers import (CausalConv3d as _CausalConv3d, Conv2dWithExtraDim, Conv3d as _FastConv3d, batch_to_frames,
+                     frames_to_batch, nearest2x_conv3d, silu_, single_head_attention)
 
 
 class CausalConv3d(_CausalConv3d):
@@ -54,8 +55,8 @@ class ResnetBlock3D(nn.Module):
                               if in_channels != out_channels else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv1(silu_(self.norm1(x)))
+        h = self.conv2(self.dropout(silu_(self.norm2(h))))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
         return x + h
@@ -83,8 +84,10 @@ class Upsample3D(nn.Module):
         self.conv = _conv_class(causal)(channels, channels * self.up_time, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
-        x = depth_to_time(self.conv(x), self.up_time)
+        # = conv(replicate-pad(nearest x2(x))) then depth-to-time, on the low-resolution x (see z=4).
+        causal = isinstance(self.conv, CausalConv3d)
+        x = nearest2x_conv3d(x, *self.conv.weights_for(x), (2, 0) if causal else (1, 1), "replicate",
+                             self.up_time)
         if self.up_time != 1:
             x = x[:, :, 1:]
         return x

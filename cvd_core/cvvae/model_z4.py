@@ -24,10 +24,10 @@ from .layers import (
     Conv2dWithExtraDim,
     Conv3d,
     batch_to_frames,
-    depth_to_time,
     frames_to_batch,
-    replicate_both_ends,
+    nearest2x_conv3d,
     replicate_front,
+    silu_,
     single_head_attention,
 )
 
@@ -67,8 +67,8 @@ class ResnetBlock3D(nn.Module):
             self.nin_shortcut = conv_cls(in_channels, out_channels, kernel_size=1, stride=1, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv1(silu_(self.norm1(x)))
+        h = self.conv2(self.dropout(silu_(self.norm2(h))))
         if self.in_channels != self.out_channels:
             x = self.nin_shortcut(x)
         return x + h
@@ -100,10 +100,10 @@ class Upsample3D(nn.Module):
         self.conv = Conv3d(in_channels, in_channels * self.up_time, kernel_size=3, stride=1, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
-        x = F.pad(x, (1, 1, 1, 1, 0, 0))
-        x = replicate_front(x, 2) if self.causal else replicate_both_ends(x, 1)
-        x = depth_to_time(self.conv(x), self.up_time)
+        # = conv(time-replicate(zero-pad(nearest x2(x)))) then depth-to-time, computed on the
+        # low-resolution x (layers.nearest2x_conv3d: 2.25x fewer multiply-adds, no upsampled copy).
+        x = nearest2x_conv3d(x, *self.conv.weights_for(x), (2, 0) if self.causal else (1, 1), "zeros",
+                             self.up_time)
         if self.up_time != 1:
             x = x[:, :, 1:]
         return x
@@ -218,7 +218,7 @@ class Encoder(nn.Module):
             if i_level != self.num_resolutions - 1:
                 h = level.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(silu_(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -270,7 +270,7 @@ class Decoder(nn.Module):
                     h = level.attn[i_block](h)
             if i_level != 0:
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(silu_(self.norm_out(h)))
 
 
 class CVVAEModel(CVVAEBase):

@@ -22,8 +22,9 @@ cache restricted to one branch needs; denoisers without it are called as above.
 
 For a single view (N = 1) there is no partner: the sampler passes ``F_mats=None`` and
 ``partner=None``, which tells the denoiser to skip the CVSMs (plain CameraCtrl video). If the
-denoiser has ``dtype``/``device`` attributes, inputs are moved there; the sampler itself keeps the
-latents in float32.
+denoiser has ``dtype``/``device`` attributes, inputs are moved there (the F matrices in float32
+whatever the model dtype: camera geometry is never computed in half precision); the sampler itself
+keeps the latents in float32.
 
 Regional prompts (scene director, masked noise-prediction blending)
 -------------------------------------------------------------------

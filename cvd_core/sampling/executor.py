@@ -84,8 +84,10 @@ class RowInputs:
         if plan.partner is None:
             f_mats, partner = None, None
         else:
+            # F stays float32 whatever the model dtype: its entries span ~1e-7..1 (pixel units), so
+            # fp16 flushes them to subnormals/zero and moves the epipolar bias by up to ~4 (bf16: ~0.8).
             f_mats = torch.stack([self.fundamentals(r.view, plan.rows[p].view)
-                                  for r, p in zip(plan.rows, plan.partner)]).to(dev, dt)
+                                  for r, p in zip(plan.rows, plan.partner)]).to(dev, torch.float32)
             partner = torch.tensor(plan.partner, dtype=torch.long, device=dev)
         timestep = torch.tensor(t, dtype=torch.long, device=dev)
         extra = {"row_kinds": [ROW_UNCOND if r.branch == 0 else ROW_COND for r in plan.rows]} \

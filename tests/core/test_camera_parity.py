@@ -3,6 +3,7 @@
 The fixture's pair case is the official two-video demo: two RealEstate10K pose files "folded"
 (rows 0-15 = video 0 frames 0..15, rows 16-31 = video 1) with the official validation loader's
 anisotropic K (it hard-codes H, W = 1280, 720). The mv4 case is the official ``circle`` preset.
+The F and Plücker parity cases also run (float64) on the device ``CVD_TEST_DEVICE`` selects.
 """
 
 from __future__ import annotations
@@ -73,14 +74,15 @@ def test_pair_loader_default_source_is_landscape(ref):
     assert video0.K[0, 0, 2].item() == pytest.approx(128.0) and video0.K[0, 1, 2].item() == pytest.approx(128.0)
 
 
-def test_pair_plucker(ref):
+def test_pair_plucker(ref, compute_device):
     video0, video1 = _official_pair_videos(ref)
     # Official quirk reproduced here only: the folded intrinsics list takes the shared frame 0 of
     # video 0 from file 1, so video 0 / frame 0 uses video 1's first intrinsics for its Plücker map.
     K = torch.cat([video0.K, video1.K])
     K[0] = video1.K[0]
-    plucker = plucker_embedding(K, _t(ref["pair/c2w"]), 256, 256)
-    assert plucker.shape == (32, 6, 256, 256)
+    plucker = plucker_embedding(K.to(compute_device), _t(ref["pair/c2w"]).to(compute_device), 256, 256)
+    assert plucker.shape == (32, 6, 256, 256) and plucker.device.type == compute_device.type
+    plucker = plucker.cpu()
     err = (plucker[..., 3::8, 3::8] - _t(ref["pair/plucker_stride8"])).abs().max().item()
     assert err < ATOL, f"pair Plücker max abs error {err:.3e}"
 
@@ -94,12 +96,13 @@ def test_mv4_circle_preset_matches_official(ref):
     assert K_err < ATOL, f"circle K max abs error {K_err:.3e}"
 
 
-def test_mv4_fundamentals(ref):
+def test_mv4_fundamentals(ref, compute_device):
     rig = make_preset_rig("circle", 4, 16, 256, 256)
     kv_index = torch.as_tensor(ref["mv4/kv_index"])
     F_ref = _t(ref["mv4/F_mats"])
-    c2w, K = rig.c2w.reshape(64, 4, 4), rig.K.reshape(64, 3, 3)
-    F = fundamental_matrix(c2w, c2w[kv_index], K, K[kv_index])
+    c2w, K = rig.c2w.reshape(64, 4, 4).to(compute_device), rig.K.reshape(64, 3, 3).to(compute_device)
+    kv = kv_index.to(compute_device)
+    F = fundamental_matrix(c2w, c2w[kv], K, K[kv]).cpu()
     err = (F - F_ref).abs().max().item()
     assert err < ATOL, f"mv4 F max abs error {err:.3e}"
     # the same through pair_fundamentals, view by view (kv_index pairs frame t with the partner's t)
@@ -108,9 +111,10 @@ def test_mv4_fundamentals(ref):
         assert (pair_fundamentals(rig, src, tgt) - F_ref[src * 16:(src + 1) * 16]).abs().max() < ATOL
 
 
-def test_mv4_plucker(ref):
+def test_mv4_plucker(ref, compute_device):
     rig = make_preset_rig("circle", 4, 16, 256, 256)
-    plucker = plucker_embedding(rig.K, rig.c2w, 256, 256)
-    assert plucker.shape == (4, 16, 6, 256, 256)
+    plucker = plucker_embedding(rig.K.to(compute_device), rig.c2w.to(compute_device), 256, 256)
+    assert plucker.shape == (4, 16, 6, 256, 256) and plucker.device.type == compute_device.type
+    plucker = plucker.cpu()
     err = (plucker.reshape(64, 6, 256, 256)[..., 3::8, 3::8] - _t(ref["mv4/plucker_stride8"])).abs().max().item()
     assert err < ATOL, f"mv4 Plücker max abs error {err:.3e}"

@@ -235,6 +235,33 @@ def test_first_frame_slope_settings(model):
         model.first_frame_slope = None
 
 
+def test_pseudo_lines_on_frame_zero_of_every_video_at_any_length(model, monkeypatch):
+    """First-frame pseudo lines go to frame 0 of every batch row, whatever the frame count.
+
+    The official ``EpiEncoding`` picks every 16th row of the (batch frame) flattening
+    (``F_coords[::16]``), which is frame 0 of every video only for CVD's 16-frame videos; at 2 frames
+    it would be rows 0, 8, ... and leave row 1's frame 0 (F = 0) without a line. We deliberately keep
+    the rule's meaning at every length, so the official code is only comparable at 16 frames
+    (``benchmarks/bench_cvd_backbone.py --official-src`` refuses other lengths).
+    """
+    import cvd_core.cvd.model as model_module
+
+    seen = []
+    original = model_module.epipolar_attention_bias
+
+    def recording(F, *args, pseudo_rows=None, **kwargs):
+        seen.append(pseudo_rows.cpu().clone())
+        return original(F, *args, pseudo_rows=pseudo_rows, **kwargs)
+
+    monkeypatch.setattr(model_module, "epipolar_attention_bias", recording)
+    inputs = _inputs(seed=6)
+    model.predict_noise(**inputs)
+    batch = inputs["latents"].shape[0]
+    expected = torch.arange(batch * FRAMES) % FRAMES == 0
+    assert seen and all(torch.equal(rows, expected) for rows in seen), (seen[:1], expected)
+    assert not torch.equal(expected, torch.arange(batch * FRAMES) % 16 == 0)  # the case the fixture (16 frames) misses
+
+
 def test_non_square_latents(model):
     inputs = _inputs(seed=5)
     inputs["latents"] = torch.cat([inputs["latents"], inputs["latents"]], dim=-1)  # 8x16 latents

@@ -28,7 +28,7 @@ def _mask_keys(data, case):
 
 
 @pytest.mark.parametrize("case", ["pair", "mv4"])
-def test_parity_with_official_masks(reference, case):
+def test_parity_with_official_masks(reference, case, compute_device):
     """Every stored mask (horizontal and random-slope first frames, feat 32/16/8/4) to 1e-4.
 
     The meta records the slope the official code drew (``pair_first_frame_slope_rad``); the mv4
@@ -38,18 +38,18 @@ def test_parity_with_official_masks(reference, case):
     data, meta = reference
     size = meta["F_mat_size"]
     slope = meta["pair_first_frame_slope_rad"]
-    F_all = torch.from_numpy(data[f"{case}/F_mats"])
+    F_all = torch.from_numpy(data[f"{case}/F_mats"]).to(compute_device)
     keys = _mask_keys(data, case)
     assert keys, f"no masks stored for {case}"
     for key in keys:
-        rows = torch.from_numpy(data[key + "_rows"])
+        rows = torch.from_numpy(data[key + "_rows"]).to(compute_device)
         feat = int(key.rsplit("feat", 1)[1])
         expected = torch.from_numpy(data[key])
         got = epipolar_attention_bias(F_all[rows], feat, feat, size,
                                       pixel_band=meta["pixel_band"], decay_alpha=meta["decay_alpha"],
                                       first_frame_slope=slope if "randff" in key else None)
-        assert got.shape == expected.shape, key
-        err = (got - expected).abs().max().item()
+        assert got.shape == expected.shape and got.device.type == compute_device.type, key
+        err = (got.cpu() - expected).abs().max().item()
         assert err <= ATOL, f"{key}: max error {err:.3g}"
         # Explicit positional choice of the pseudo rows (as the backbone does) gives the same.
         by_position = epipolar_attention_bias(F_all[rows], feat, feat, size,

@@ -101,7 +101,8 @@ def _probe(module):
     return torch.randn(3, module.in_features)
 
 
-def test_merge_matches_unmerged_lora_forward(tmp_path):
+def test_merge_matches_unmerged_lora_forward(tmp_path, compute_device):
+    """PEFT's un-merged forward on the CPU vs our merge into a model on ``compute_device`` (fp32)."""
     root = _tree(SPATIAL)
     ab = _write_adapter(tmp_path / "animatediff-laion", root, list(SPATIAL), rank=4, alpha=8)
     state_dict, config = load_peft_adapter(tmp_path / "animatediff-laion")
@@ -111,11 +112,13 @@ def test_merge_matches_unmerged_lora_forward(tmp_path):
     torch.manual_seed(5)
     probes = {p: _probe(root.get_submodule(p)) for p in SPATIAL}
     expected = {p: _lora_forward(root.get_submodule(p), *ab[p], 8 / 4, probes[p]).detach() for p in SPATIAL}
+    root = root.to(compute_device)  # the deltas stay on the CPU, as they come from the adapter file
     report = merge_lora_into_module(root, deltas, scale=1.0)
     assert sorted(report.applied) == sorted(SPATIAL) and report.skipped == []
     for p in SPATIAL:
-        got = root.get_submodule(p)(probes[p]).detach()
-        bound = _rounding_bound(root.get_submodule(p), deltas[p], probes[p]).detach()
+        probe = probes[p].to(compute_device)
+        got = root.get_submodule(p)(probe).detach().cpu()
+        bound = _rounding_bound(root.get_submodule(p), deltas[p], probe).detach().cpu()
         assert ((got - expected[p]).abs() <= bound).all(), p
 
 

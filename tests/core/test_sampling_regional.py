@@ -171,10 +171,10 @@ def test_clear_errors():
 # ------------------------------------------------------------------------------ the tiny real model
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
+def tiny_model(tmp_path_factory, compute_device):
     from cvd_core.cvd import load_cvd_model, write_tiny_cvd_files
     paths = write_tiny_cvd_files(tmp_path_factory.mktemp("cvd"), seed=0)
-    return load_cvd_model(**paths, dtype="fp32", device="cpu")
+    return load_cvd_model(**paths, dtype="fp32", device=compute_device)
 
 
 def test_tiny_model_entity_prompt_acts_only_inside_its_mask(tiny_model):

@@ -18,12 +18,22 @@ D = 8  # text width
 
 
 class MixingDenoiser:
-    """Row-wise deterministic stand-in for CVD's ``predict_noise``."""
+    """Row-wise deterministic stand-in for CVD's ``predict_noise``.
 
-    def __init__(self):
+    With ``device`` it declares ``device``/``dtype`` (fp32) like the real model, so the sampler moves
+    every call's rows there, and it checks that they arrive there.
+    """
+
+    def __init__(self, device=None):
         self.calls = []
+        if device is not None:
+            self.device, self.dtype = torch.device(device), torch.float32
 
     def predict_noise(self, latents, timestep, text, plucker, F_mats, partner):
+        if hasattr(self, "device"):
+            on = {t.device.type for t in (latents, timestep, text, plucker, F_mats, partner) if t is not None}
+            assert on == {self.device.type}, f"inputs on {on}, model on {self.device}"
+            assert F_mats is None or F_mats.dtype == torch.float32  # geometry never in half precision
         self.calls.append({"rows": latents.shape[0], "partner": None if partner is None else partner.tolist(),
                            "F": F_mats is not None})
         assert timestep.dim() == 0 and timestep.dtype == torch.long
@@ -116,8 +126,10 @@ def _official_loop(n_views, seed, recurrence, gs=8.5, steps=3):
 
 
 @pytest.mark.parametrize("recurrence", [1, 3])
-def test_matches_official_loop_for_even_views(recurrence):
-    ours = _run(4, strategy="random", recurrence=recurrence, seed=5)
+def test_matches_official_loop_for_even_views(recurrence, compute_device):
+    """The reference runs on the CPU; our sampler's denoiser calls run on ``compute_device``."""
+    ours = _run(4, denoiser=MixingDenoiser(compute_device), strategy="random", recurrence=recurrence, seed=5)
+    assert ours.device.type == "cpu"  # the sampler keeps its latents where they came from
     ref = _official_loop(4, seed=5, recurrence=recurrence)
     assert (ours - ref).abs().max() < 1e-4 * (1 + ref.abs().max())
 

@@ -156,6 +156,9 @@ class ComfyServer:
     ``source`` as in :func:`prepare_comfyui`; :meth:`current` builds the 0.3.64 server with the current frontend.
     """
 
+    # ComfyUI's device flags: the tests run on the CPU; the GPU check clears this to start it on the GPU.
+    device_args = ("--cpu",)
+
     def __init__(self, workdir: Path, extra_args: Iterable[str] = (), python: str = sys.executable,
                  source: Optional[Path] = None):
         self.workdir = Path(workdir)
@@ -191,7 +194,7 @@ class ComfyServer:
         return self.root / "input"
 
     def start(self, timeout: float = 180.0) -> "ComfyServer":
-        cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        cmd = [self.python, "main.py", *self.device_args, "--listen", "127.0.0.1", "--port", str(self.port),
                "--disable-auto-launch", "--output-directory", str(self.output_dir), *self.extra_args]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         started = time.monotonic()
