@@ -29,7 +29,7 @@ import torch
 from cvd_core.camera import CameraError, pair_fundamentals, plucker_embedding
 from cvd_core.guards import require_finite
 from cvd_core.mcm import MCMScheduler
-from cvd_core.sampling import DDIMScheduler, STRATEGIES, initial_noise, pair_schedule, sample_multiview
+from cvd_core.sampling import DDIMScheduler, STRATEGIES, PairingPlan, initial_noise, sample_multiview
 from cvd_core.sampling.batching import estimate_max_batch, estimate_row_bytes, min_rows_per_call, rows_per_iteration
 
 from ._comfy import NodeInputError, progress_bar, sd15_latent_preview
@@ -223,11 +223,11 @@ def _view_shape(rig):
     return (LATENT_CHANNELS, rig.n_frames, rig.height // 8, rig.width // 8)
 
 
-def rows_needed(rig, strategy: str, seed: int, steps: int, recurrence: int, use_cfg: bool, entities: int = 0) -> int:
-    """Denoiser rows of the widest iteration: all its view pairs and guidance branches in one call."""
-    widest = max(len(pair_schedule(rig.n_views, strategy, step, seed, substep=r))
-                 for step in range(steps) for r in range(recurrence))
-    return rows_per_iteration(widest, (2 if use_cfg else 1) + entities)
+def rows_needed(rig, strategy: str, seed: int, use_cfg: bool, entities: int = 0) -> int:
+    """Denoiser rows of one iteration: all its view pairs and guidance branches in one call (the
+    pairing plan's pair count is the same at every step)."""
+    pairs = PairingPlan(rig.n_views, strategy, seed).pairs_per_call()
+    return rows_per_iteration(pairs, (2 if use_cfg else 1) + entities)
 
 
 def memory_need(rig, rows: int, max_batch: int, dtype) -> tuple:
@@ -268,7 +268,7 @@ def _run_sampler(cvd_model, cameras, positive, negative, seed, steps, cfg, sched
     regional = regional_inputs(layout, entity_prompts, rig, model_text_width(module))
     plucker, fundamentals = camera_inputs(rig)
     start = _start_latent(latent, rig, seed, sched)
-    rows = rows_needed(rig, strategy, seed, len(sched.timesteps), recurrence, use_cfg, len(regional or []))
+    rows = rows_needed(rig, strategy, seed, use_cfg, len(regional or []))
     wanted, least = memory_need(rig, rows, max_batch, module.dtype)
     progress = progress_bar(unique_id)
     failure = None

@@ -278,7 +278,7 @@ def accounting_checks(mm, node, cvd_model, vae, images) -> dict:
     mm.load_models_gpu, mm.get_free_memory = load_models_gpu, reported_free
     views, rig = 3, make_preset_rig("circle", 3, FRAMES, SIZE, SIZE)
     module = cvd_model.model
-    rows = sampling.rows_needed(rig, "random", 7, 1, 1, False)
+    rows = sampling.rows_needed(rig, "random", 7, False)
     per_row = estimate_row_bytes(sampling._view_shape(rig), module.dtype)
     out = {"sampler": [], "cvvae": [], "rows": rows}
     try:
