@@ -93,6 +93,27 @@ def progress_bar(node_id: Optional[str] = None) -> Progress:
     return ComfyProgress(update, mm.throw_exception_if_processing_interrupted, update)
 
 
+class _CancelOnly:
+    """A progress that only forwards cancellation checks (core samplers report steps through their callback)."""
+
+    def __init__(self, progress: Progress):
+        self._progress = progress
+
+    def start(self, total: int) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        self._progress.check()
+
+    def check(self) -> None:
+        self._progress.check()
+
+
+def cancel_only_progress(progress: Progress) -> Progress:
+    """``progress``'s cancel point for the denoiser calls, without counting them (core counts steps)."""
+    return _CancelOnly(progress)
+
+
 def sd15_latent_preview(progress: Progress) -> Optional[Callable]:
     """A ``sample_multiview`` ``preview_callback`` that shows every frame of view 0, or None.
 

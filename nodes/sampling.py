@@ -22,6 +22,7 @@ masks are area-resized to the latent size. Each entity adds one set of condition
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
@@ -29,10 +30,11 @@ import torch
 from cvd_core.camera import CameraError, pair_fundamentals, plucker_embedding
 from cvd_core.guards import require_finite
 from cvd_core.mcm import MCMScheduler
-from cvd_core.sampling import DDIMScheduler, STRATEGIES, PairingPlan, initial_noise, sample_multiview
+from cvd_core.sampling import (DDIMScheduler, STRATEGIES, CollaborativeDenoiser, PairingPlan, initial_noise,
+                               multiview_loop)
 from cvd_core.sampling.batching import estimate_max_batch, estimate_row_bytes, min_rows_per_call, rows_per_iteration
 
-from ._comfy import NodeInputError, progress_bar, sd15_latent_preview
+from ._comfy import NodeInputError, cancel_only_progress, progress_bar, sd15_latent_preview
 from ._managed import computing, free_bytes, module_of, out_of_memory_types
 from ._scale_out import executor_for
 from ._schema import Input, NodeSchema, Output, Result
@@ -204,10 +206,15 @@ def make_scheduler(scheduler: str, steps: int, denoise: float, sigmas=None):
 
 def _start_latent(latent, rig, seed: int, sched) -> torch.Tensor:
     """x_T: seeded noise, or the given latent noised to the first timestep (partial denoise)."""
-    shape = (rig.n_views, LATENT_CHANNELS, rig.n_frames, rig.height // 8, rig.width // 8)
-    noise = initial_noise(seed, *shape)
+    noise = initial_noise(seed, rig.n_views, *_view_shape(rig))
     if latent is None:
         return noise
+    return sched.add_noise(_checked_start(latent, rig), noise, 0)
+
+
+def _checked_start(latent, rig) -> torch.Tensor:
+    """The start latent as float32 ``[V, 4, F, h, w]``, refused unless it matches the cameras."""
+    shape = (rig.n_views,) + _view_shape(rig)
     samples = latent["samples"] if isinstance(latent, dict) else latent
     if samples.dim() != 5 or tuple(samples.shape) != shape:
         raise NodeInputError(f"latent must be a 5-D video latent {list(shape)} [views, 4, frames, height/8, width/8] "
@@ -216,7 +223,7 @@ def _start_latent(latent, rig, seed: int, sched) -> torch.Tensor:
     if isinstance(latent, dict) and int(latent.get("cvd_temporal_compression", 1)) != 1:
         raise NodeInputError("latent has temporally compressed frames (CV-VAE); the CVD sampler needs one latent "
                              "frame per video frame (encode the frames with VAE Encode + Image Latents To Latent Frames)")
-    return sched.add_noise(samples.float().cpu(), noise, 0)
+    return samples.float().cpu()
 
 
 def _view_shape(rig):
@@ -257,44 +264,116 @@ def _out_of_memory_message(device, max_batch, rows: int, error: str) -> str:
 
 # ------------------------------------------------------------------------------ the node
 
-def _run_sampler(cvd_model, cameras, positive, negative, seed, steps, cfg, scheduler, strategy, recurrence,
-                 max_batch, denoise, latent=None, sigmas=None, layout=None, entity_prompts=None, devices="",
-                 unique_id=None):
+@dataclass
+class SamplingJob:
+    """One collaborative sampling run's inputs, checked and laid out; ``run`` loads the model and calls
+    a loop (the pack's ``multiview_loop`` or a core sampler) on the collaborative denoiser."""
+
+    cvd_model: object
+    rig: object
+    cond: torch.Tensor
+    uncond: Optional[torch.Tensor]
+    regional: Optional[list]
+    plucker: torch.Tensor
+    fundamentals: object
+    cfg: float
+    strategy: str
+    max_batch: int
+    devices: str
+    rows: int
+
+    @property
+    def latent_shape(self):
+        return (self.rig.n_views,) + _view_shape(self.rig)
+
+    def run(self, seed: int, progress, body):
+        """``body(denoiser)`` with the model loaded by ComfyUI; out of memory -> a message that says what to lower."""
+        module = module_of(self.cvd_model)
+        wanted, least = memory_need(self.rig, self.rows, self.max_batch, module.dtype)
+        failure = None
+        # ComfyUI loads the model (offloading others to make room for `wanted`), then max_batch = 0 is sized
+        # from what it reports free.
+        with computing(self.cvd_model, memory_required=wanted, minimum_memory=least) as model:
+            executor = executor_for(self.cvd_model, model, self.devices)  # once loaded: replicas copy the weights
+            max_batch = self.max_batch or _auto_max_batch(self.rig, self.rows, model, executor)
+            try:
+                denoiser = CollaborativeDenoiser(
+                    model, self.cond, self.uncond, self.plucker, self.fundamentals if self.rig.n_views > 1 else None,
+                    PairingPlan(self.rig.n_views, self.strategy, seed), self.cfg, max_batch, self.regional,
+                    executor, progress)
+                return body(denoiser)
+            except ValueError as exc:
+                raise NodeInputError(str(exc)) from None
+            except out_of_memory_types() as exc:
+                failure = (type(exc), _out_of_memory_message(model.device, max_batch, self.rows,
+                                                             str(exc).splitlines()[0]))
+        # Raised outside the except block (its traceback would keep the tensors alive), as the same type, so
+        # ComfyUI still recognizes an out-of-memory error (it then unloads models and adds its own tips).
+        raise failure[0](failure[1])
+
+
+def prepare_job(cvd_model, cameras, positive, negative, cfg, strategy, max_batch, layout=None, entity_prompts=None,
+                devices="", seed: int = 0) -> SamplingJob:
     module = module_of(cvd_model)
     rig = _rig(cameras, module)
-    sched = make_scheduler(scheduler, steps, denoise, sigmas)
     use_cfg = float(cfg) != 1.0
     cond, uncond = text_embeddings(positive, negative, rig.n_views, model_text_width(module), use_cfg)
     regional = regional_inputs(layout, entity_prompts, rig, model_text_width(module))
     plucker, fundamentals = camera_inputs(rig)
-    start = _start_latent(latent, rig, seed, sched)
     rows = rows_needed(rig, strategy, seed, use_cfg, len(regional or []))
-    wanted, least = memory_need(rig, rows, max_batch, module.dtype)
+    return SamplingJob(cvd_model, rig, cond, uncond, regional, plucker, fundamentals, float(cfg), strategy,
+                       int(max_batch), devices or "", rows)
+
+
+def video_latent(samples: torch.Tensor, rig) -> dict:
+    """The pack's 5-D LATENT dict (one latent frame per video frame, UNet-scaled)."""
+    return {"samples": samples.cpu(), "views": rig.n_views, "cvd_frames": rig.n_frames,
+            "cvd_temporal_compression": 1, "cvd_latent_scale": SD_LATENT_SCALE, "cvd_latent_shift": 0.0}
+
+
+def _core_sampler_sigmas(sampler_sigmas, sched) -> torch.Tensor:
+    from ._core_sampling import timesteps_to_sigmas
+
+    if sampler_sigmas is not None:
+        return torch.as_tensor(sampler_sigmas, dtype=torch.float32).flatten()
+    return timesteps_to_sigmas(sched.timesteps)
+
+
+def _run_sampler(cvd_model, cameras, positive, negative, seed, steps, cfg, scheduler, strategy, recurrence,
+                 max_batch, denoise, latent=None, sigmas=None, layout=None, entity_prompts=None, devices="",
+                 sampler=None, unique_id=None):
+    job = prepare_job(cvd_model, cameras, positive, negative, cfg, strategy, max_batch, layout, entity_prompts,
+                      devices, seed)
     progress = progress_bar(unique_id)
-    failure = None
-    # ComfyUI loads the model (offloading others to make room for `wanted`), then max_batch = 0 is sized
-    # from what it reports free.
-    with computing(cvd_model, memory_required=wanted, minimum_memory=least) as model:
-        executor = executor_for(cvd_model, model, devices)  # once loaded: replicas copy the loaded weights
-        if max_batch == 0:
-            max_batch = _auto_max_batch(rig, rows, model, executor)
-        try:
-            samples = sample_multiview(model, start, cond, uncond, plucker,
-                                       fundamentals if rig.n_views > 1 else None, sched, guidance_scale=float(cfg),
-                                       strategy=strategy, recurrence=recurrence, max_batch=max_batch, seed=seed,
-                                       progress=progress, regional=regional,
-                                       preview_callback=sd15_latent_preview(progress), executor=executor)
-        except ValueError as exc:
-            raise NodeInputError(str(exc)) from None
-        except out_of_memory_types() as exc:
-            failure = (type(exc), _out_of_memory_message(model.device, max_batch, rows, str(exc).splitlines()[0]))
-    if failure is not None:
-        # Raised outside the except block (its traceback would keep the tensors alive), as the same type, so
-        # ComfyUI still recognizes an out-of-memory error (it then unloads models and adds its own tips).
-        raise failure[0](failure[1])
-    out = {"samples": samples.cpu(), "views": rig.n_views, "cvd_frames": rig.n_frames,
-           "cvd_temporal_compression": 1, "cvd_latent_scale": SD_LATENT_SCALE, "cvd_latent_shift": 0.0}
-    return Result((out,))
+    if sampler is not None:
+        return Result((video_latent(_run_core_sampler(job, sampler, sigmas, scheduler, steps, denoise, latent,
+                                                      seed, progress), job.rig),))
+    sched = make_scheduler(scheduler, steps, denoise, sigmas)
+    start = _start_latent(latent, job.rig, seed, sched)
+    preview = sd15_latent_preview(progress)
+    samples = job.run(seed, progress,
+                      lambda denoiser: multiview_loop(denoiser, start, sched, recurrence, seed, progress, preview))
+    return Result((video_latent(samples, job.rig),))
+
+
+def _run_core_sampler(job: SamplingJob, sampler, sigmas, scheduler, steps, denoise, latent, seed, progress):
+    """The node's steps through a core SAMPLER: on the connected sigmas, or on the node's DDIM/MCM timesteps."""
+    from ._core_sampling import core_sample
+
+    run_sigmas = _core_sampler_sigmas(sigmas, None if sigmas is not None else make_scheduler(scheduler, steps, denoise))
+    noise = initial_noise(seed, *job.latent_shape)
+    clean = torch.zeros(job.latent_shape) if latent is None else _checked_start(latent, job.rig)
+    steps_done = cancel_only_progress(progress)
+    preview = sd15_latent_preview(progress)
+    progress.start(len(run_sigmas) - 1)
+
+    def callback(step, x0, x, total_steps):
+        progress.advance(1)
+        if preview is not None:
+            preview(step, total_steps, x0[0])
+
+    return job.run(seed, steps_done, lambda denoiser: core_sample(
+        denoiser, sampler, run_sigmas, noise, clean, job.cvd_model, callback=callback, seed=seed))
 
 
 def _mcm_steps_rule(steps, scheduler):
@@ -310,10 +389,17 @@ def _denoise_rule(denoise, latent):
     return None
 
 
-def _sigmas_rule(scheduler, sigmas):
-    if sigmas is not None and scheduler != "mcm":
+def _sigmas_rule(scheduler, sigmas, sampler):
+    if sigmas is not None and scheduler != "mcm" and sampler is None:
         return (f"scheduler must be mcm when sigmas (from CVD MCM Scheduler) are connected (or disconnect sigmas "
                 f"to use DDIM), got {scheduler!r}")
+    return None
+
+
+def _core_sampler_rule(sampler, recurrence):
+    if sampler is not None and recurrence != 1:
+        return (f"recurrence must be 1 when a core sampler is connected (re-noising between a step's iterations "
+                f"is the pack's own loop; core samplers step once per sigma), got {recurrence}")
     return None
 
 
@@ -378,12 +464,14 @@ SAMPLER = NodeSchema(
               "cuda:0,cuda:1 (or all = every GPU); cpu,cpu on a CPU-only machine. Add workers to also use the "
               "torch.distributed workers connected to this server (README: Scaling out). The same seed gives the "
               "same videos on any devices, up to float rounding.", default="", optional=True),
+        Input("sampler", "SAMPLER", "Optional core sampler (KSampler Select: euler, dpmpp_2m, uni_pc, lcm, ...): the "
+              "steps run through it on the connected sigmas, or on this node's ddim/mcm timesteps.", optional=True),
     ],
     outputs=[Output("LATENT", "latent", "Video latents [views, 4, frames, h, w], scaled (UNet space), one latent "
                     "frame per video frame.")],
     run=_run_sampler,
     hidden=("unique_id",),
-    rules=[_mcm_steps_rule, _denoise_rule, _sigmas_rule, _regional_rule],
+    rules=[_mcm_steps_rule, _denoise_rule, _sigmas_rule, _core_sampler_rule, _regional_rule],
 )
 
 SCHEMAS = [SAMPLER]

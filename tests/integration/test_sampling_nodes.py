@@ -39,12 +39,12 @@ def _videos(server, entry, node_id):
     return {item["label"]: _decode(server.view(item["filename"], item["subfolder"], item["type"])) for item in items}
 
 
-def _check_progress_and_previews(messages, binaries, steps, frames, latent_size):
+def _check_progress_and_previews(messages, binaries, steps, frames, latent_size, node="7"):
     """What the browser gets while the sampler (node 7) runs: a progress bar that ends full, and one preview
     per step (the server runs with --preview-method latent2rgb): view 0's frames as a near-square grid."""
     from PIL import Image
 
-    progress = [m["data"] for m in messages if m.get("type") == "progress" and m["data"].get("node") in ("7", None)]
+    progress = [m["data"] for m in messages if m.get("type") == "progress" and m["data"].get("node") in (node, None)]
     assert progress and progress[-1]["value"] == progress[-1]["max"], progress[-3:]
     previews = [payload for kind, payload in binaries if kind == 1]  # PREVIEW_IMAGE: 4-byte format + image
     assert len(previews) >= steps, f"expected a preview per step, got {len(previews)}"

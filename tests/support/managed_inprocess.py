@@ -272,7 +272,7 @@ def accounting_checks(mm, node, cvd_model, vae, images) -> dict:
         setattr(module, name, wrapper)
         return real
 
-    real_sample = spy(sampling, "sample_multiview", lambda a, k: {"max_batch": k["max_batch"]})
+    real_sample = spy(sampling, "multiview_loop", lambda a, k: {"max_batch": a[0].max_batch})
     real_encode = spy(vae_nodes, "encode_video",
                       lambda a, k: {"budget": k["memory_budget"], "shape": list(a[1].shape), "tiling": k["tiling"]})
     mm.load_models_gpu, mm.get_free_memory = load_models_gpu, reported_free
@@ -304,7 +304,7 @@ def accounting_checks(mm, node, cvd_model, vae, images) -> dict:
                                  "asked": asked[0], "expected_memory_required": need, "expected_minimum": least})
     finally:
         mm.load_models_gpu, mm.get_free_memory = real_load, real_free
-        sampling.sample_multiview, vae_nodes.encode_video = real_sample, real_encode
+        sampling.multiview_loop, vae_nodes.encode_video = real_sample, real_encode
     out["minimum_supported"] = "minimum_memory_required" in inspect.signature(real_load).parameters
     return out
 

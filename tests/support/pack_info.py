@@ -17,6 +17,16 @@ def pack_schemas():
     return schemas
 
 
+# Core nodes a shipped workflow may use that the 2024-03 ComfyUI lacks (GUIDER sampling came in 2024-04), and
+# the pack's nodes that only work where those exist.
+CURRENT_COMFYUI_NODES = {"SamplerCustomAdvanced", "CVD_MultiViewGuider", "CVD_Noise"}
+
+
+def needs_current_comfyui(prompt) -> bool:
+    """Whether an API-format workflow runs only in a ComfyUI with GUIDER sampling (0.3.64 here, not 2024-03)."""
+    return any(node.get("class_type") in CURRENT_COMFYUI_NODES for node in prompt.values())
+
+
 def api_workflows():
     """``[(name, api_prompt, ui_workflow)]`` for every shipped workflow."""
     result = []

@@ -1,0 +1,138 @@
+"""ComfyUI's own samplers on the collaborative denoiser (docs/sampling.md, "Use ComfyUI's samplers").
+
+- Parity, in one process per ComfyUI (``tests/support/core_sampling_inprocess.py``): euler and core's ddim on
+  ``cvd_ddim`` sigmas with CVD Noise equal CVD Multi-View Sampler's DDIM-25 (cfg 8.5, same seed) within the
+  float32 bound of the computation, for 2 and 3 views, random and all_pairs, with regional prompts and on
+  ``cpu,cpu``; 1-step lcm equals the pack's 1-step MCM. Through the GUIDER + SamplerCustomAdvanced on 0.3.64,
+  through the sampler node's ``sampler`` input on 2024-03 (which has no GUIDER sampling).
+- Through the real servers: the ``sampler`` input with progress and previews on both; on 0.3.64, six core
+  samplers x three schedulers run to completion (a non-finite result stops the run with an error), and the
+  GUIDER path reports progress and previews.
+
+The float32 bound: the same pack sampler with another ``max_batch`` (other batch sizes, other rounding, the
+same mathematics) gives the measured floor; a result is "equal" within 4x max(floor, 16 ulp of the largest
+value). The DDIM and Euler updates are the same formula in different coordinates (x/sqrt(1+sigma^2) vs x), so
+their rounding differs by about as much as batching's does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.support.comfy_harness import PACK_ROOT
+from tests.support.pack_info import api_workflows
+
+pytestmark = pytest.mark.integration
+EPS32 = float(torch.finfo(torch.float32).eps)
+SAMPLERS = ["euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "uni_pc", "heun", "lcm"]
+SCHEDULERS = ["karras", "normal", "exponential"]
+
+
+def _bound(facts) -> float:
+    return 4.0 * max(facts["floor"], 16 * EPS32 * facts["max_abs"])
+
+
+@pytest.fixture(scope="module", params=["2024", "0.3.64"])
+def core_facts(request, tmp_path_factory):
+    root = request.getfixturevalue("comfyui_2024_source" if request.param == "2024" else "comfyui_v3_source")
+    out = tmp_path_factory.mktemp("core_sampling") / "facts.json"
+    result = subprocess.run([sys.executable, "-m", "tests.support.core_sampling_inprocess", str(root), str(out)],
+                            cwd=PACK_ROOT, capture_output=True, text=True, timeout=1200,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return request.param, json.loads(out.read_text())
+
+
+def test_euler_and_ddim_on_cvd_ddim_sigmas_equal_the_pack_sampler(core_facts):
+    version, facts = core_facts
+    assert len(facts["parity"]) == 4
+    for name, case in facts["parity"].items():
+        assert case["guider_api"] == (version != "2024"), (name, case)
+        for sampler in ("euler", "ddim"):
+            assert case[f"{sampler}_finite"], (name, sampler)
+            assert case[sampler] <= _bound(case), (version, name, sampler, case)
+
+
+def test_a_wrong_pairing_is_far_outside_the_bound(core_facts):
+    """The parity check can fail: 3 views paired by another strategy differ by orders of magnitude more."""
+    _, facts = core_facts
+    for name in ("3v_all_pairs", "3v_random_regional"):
+        case = facts["parity"][name]
+        assert case["wrong_pairing"] > 100 * _bound(case), (name, case)
+
+
+def test_one_lcm_step_on_mcm_sigmas_equals_one_mcm_step(core_facts):
+    _, facts = core_facts
+    lcm = facts["lcm"]
+    assert lcm["lcm"] <= _bound(lcm), lcm
+
+
+# ------------------------------------------------------------------------------ through the servers
+
+def _two_views(steps=3, frames=6):
+    prompt = copy.deepcopy(next(p for n, p, _ in api_workflows() if n == "cvd_two_views"))
+    prompt["7"]["inputs"]["steps"] = steps
+    for poses in ("5", "6"):
+        prompt[poses]["inputs"]["frames"] = frames
+    return prompt
+
+
+def _core_samplers(frames=2):
+    prompt = copy.deepcopy(next(p for n, p, _ in api_workflows() if n == "cvd_core_samplers"))
+    prompt["5"]["inputs"]["frames"] = frames
+    return prompt
+
+
+def test_sampler_input_runs_with_progress_and_previews(each_comfy_server):
+    from tests.integration.test_sampling_nodes import _check_progress_and_previews
+
+    server = each_comfy_server
+    prompt = _two_views()
+    prompt["20"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "dpmpp_2m"}}
+    prompt["7"]["inputs"]["sampler"] = ["20", 0]
+    prompt["11"]["inputs"]["filename_prefix"] = "cvd_core/sampler_input"
+    entry, messages, binaries = server.run_watching(prompt, timeout=600)
+    _check_progress_and_previews(messages, binaries, steps=3, frames=6, latent_size=8)
+    assert entry["outputs"].get("11")
+
+
+def test_sampler_input_refuses_recurrence(each_comfy_server):
+    prompt = _two_views()
+    prompt["20"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+    prompt["7"]["inputs"]["sampler"] = ["20", 0]
+    prompt["7"]["inputs"]["recurrence"] = 2
+    message = each_comfy_server.failure_of(prompt)
+    assert "recurrence must be 1 when a core sampler is connected" in message and "got 2" in message, message
+
+
+def test_guider_reports_progress_and_previews(comfy_server_v3):
+    from tests.integration.test_sampling_nodes import _check_progress_and_previews
+
+    prompt = _core_samplers(frames=6)
+    prompt["7"]["inputs"]["steps"] = 3
+    prompt["15"]["inputs"]["filename_prefix"] = "cvd_core/guider"
+    entry, messages, binaries = comfy_server_v3.run_watching(prompt, timeout=600)
+    _check_progress_and_previews(messages, binaries, steps=3, frames=6, latent_size=8, node="11")
+    assert entry["outputs"].get("15")
+
+
+def test_core_samplers_and_schedulers_run_to_completion(comfy_server_v3):
+    server = comfy_server_v3
+    queued = {}
+    for sampler in SAMPLERS:
+        for scheduler in SCHEDULERS:
+            prompt = _core_samplers()
+            prompt["7"]["inputs"].update(scheduler=scheduler, steps=3)
+            prompt["9"]["inputs"]["sampler_name"] = sampler
+            prompt["15"]["inputs"].update(filename_prefix=f"cvd_core/{sampler}_{scheduler}", save_grid=False)
+            queued[(sampler, scheduler)] = server.queue(prompt)
+    for combo, prompt_id in queued.items():
+        entry = server.wait(prompt_id, timeout=600)  # raises with the node's error (a NaN result is one)
+        assert entry["outputs"].get("15"), (combo, entry.get("outputs"))

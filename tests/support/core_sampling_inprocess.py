@@ -1,0 +1,133 @@
+"""ComfyUI's own samplers against the pack's loop, in one process (a real ComfyUI's ``comfy``, no server).
+
+Run as ``python -m tests.support.core_sampling_inprocess <ComfyUI root> <report.json> [case ...]`` from the
+repository root. It loads the tiny test models through the pack's loader nodes and records, as JSON, for
+``tests/integration/test_core_sampling.py``:
+
+- ``parity``: CVD Multi-View Sampler (DDIM-25, cfg 8.5) against the same seed through core's ``euler`` and
+  ``ddim`` samplers on CVD Scheduler ``cvd_ddim`` sigmas: with the GUIDER + SamplerCustomAdvanced where the
+  ComfyUI has them, else through the sampler node's ``sampler`` input. Each case also records the float32
+  floor of the computation, measured: the same pack sampler run with another ``max_batch`` (other batch
+  sizes round differently; the result is the same up to that rounding), and a deliberately wrong pairing
+  (strategy ``fixed``) as the size of a real mismatch.
+- ``lcm``: core ``lcm`` at 1 step on MCM sigmas against the pack's MCM at 1 step (MCM LoRA merged).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.support.managed_inprocess import _conditioning, boot_comfyui, install_models, load_pack
+
+FRAMES, SIZE, STEPS = 2, 64, 25
+CASES = {  # name: (views, strategy, regional, devices)
+    "2v_random": (2, "random", False, ""),
+    "3v_all_pairs": (3, "all_pairs", False, ""),
+    "3v_random_regional": (3, "random", True, ""),
+    "2v_random_cpu_cpu": (2, "random", False, "cpu,cpu"),
+}
+
+
+def _diff(a, b) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def _regional(node, rig, views):
+    """A layout with one entity covering the left half of every view and frame, and its prompt."""
+    import torch
+
+    class Layout:  # what CVD Project Layout outputs (the fields the sampler reads)
+        entity_ids = ["thing"]
+
+        def __init__(self):
+            self.views, self.frames, self.width, self.height = views, FRAMES, SIZE, SIZE
+            mask = torch.zeros(views * FRAMES, SIZE, SIZE)
+            mask[:, :, : SIZE // 2] = 1.0
+            self.masks = {"thing": mask}
+
+    return Layout(), _conditioning(3)
+
+
+def run_case(node, model, name: str, seed: int = 5) -> dict:
+    import torch
+    from cvd_core.camera import make_preset_rig
+
+    views, strategy, regional, devices = CASES[name]
+    sampling, guider, core = node("sampling"), node("guider"), node("_core_sampling")
+    rig = make_preset_rig("circle", views, FRAMES, SIZE, SIZE)
+    layout, entities = _regional(node, rig, views) if regional else (None, None)
+    common = dict(cvd_model=model, cameras=rig, positive=_conditioning(1), negative=_conditioning(2), cfg=8.5,
+                  layout=layout, entity_prompts=entities, devices=devices)
+
+    def pack(max_batch, strategy=strategy):
+        return sampling.SAMPLER.run(seed=seed, steps=STEPS, scheduler="ddim", strategy=strategy, recurrence=1,
+                                    max_batch=max_batch, denoise=1.0, **common).values[0]["samples"]
+
+    reference = pack(0)
+    floor = _diff(pack(2), reference)
+    wrong = _diff(pack(0, "fixed"), reference)
+    import comfy.samplers
+
+    sigmas = guider.SCHEDULER.run(scheduler="cvd_ddim", steps=STEPS, denoise=1.0).values[0]
+    out = {"floor": floor, "wrong_pairing": wrong, "max_abs": float(reference.abs().max()),
+           "guider_api": core.has_guider_api()}
+    for sampler_name in ("euler", "ddim"):
+        sampler = comfy.samplers.sampler_object(sampler_name)
+        if core.has_guider_api():
+            from comfy_extras.nodes_custom_sampler import SamplerCustomAdvanced
+
+            cvd_guider = guider.GUIDER.run(strategy=strategy, max_batch=0, **common).values[0]
+            empty = guider.EMPTY_LATENT.run(cameras=rig).values[0]
+            noise = guider.NOISE.run(noise_seed=seed).values[0]
+            result = SamplerCustomAdvanced().sample(noise, cvd_guider, sampler, sigmas, empty)
+            samples = result[0]["samples"] if isinstance(result, tuple) else result.result[0]["samples"]
+        else:
+            samples = sampling.SAMPLER.run(seed=seed, steps=STEPS, scheduler="ddim", strategy=strategy, recurrence=1,
+                                           max_batch=0, denoise=1.0, sigmas=sigmas, sampler=sampler,
+                                           **common).values[0]["samples"]
+        out[sampler_name] = _diff(samples, reference)
+        out[f"{sampler_name}_finite"] = bool(torch.isfinite(samples).all())
+    return out
+
+
+def run_lcm(node, model, seed: int = 9) -> dict:
+    import comfy.samplers
+    from cvd_core.camera import make_preset_rig
+    from cvd_core.mcm import MCMScheduler
+
+    sampling, core, mcm = node("sampling"), node("_core_sampling"), node("mcm")
+    merged = mcm.LORA_CVD.run(cvd_model=model, lora_name="animatediff-laion", strength=1.0).values[0]
+    rig = make_preset_rig("circle", 2, FRAMES, SIZE, SIZE)
+    common = dict(cvd_model=merged, cameras=rig, positive=_conditioning(1), negative=_conditioning(2), seed=seed,
+                  cfg=1.0, strategy="random", recurrence=1, denoise=1.0)
+    reference = sampling.SAMPLER.run(steps=1, scheduler="mcm", max_batch=0, **common).values[0]["samples"]
+    floor = _diff(sampling.SAMPLER.run(steps=1, scheduler="mcm", max_batch=2, **common).values[0]["samples"],
+                  reference)
+    sigmas = core.timesteps_to_sigmas(MCMScheduler(steps=1).timesteps)
+    samples = sampling.SAMPLER.run(steps=1, scheduler="mcm", max_batch=0, sigmas=sigmas,
+                                   sampler=comfy.samplers.sampler_object("lcm"), **common).values[0]["samples"]
+    return {"floor": floor, "lcm": _diff(samples, reference), "max_abs": float(reference.abs().max())}
+
+
+def main(argv) -> int:
+    comfy_root, out = Path(argv[1]), Path(argv[2])
+    cases = argv[3:] or list(CASES)
+    boot_comfyui(comfy_root)
+    node = load_pack()
+    with tempfile.TemporaryDirectory() as work:
+        install_models(Path(work))
+        files = dict(checkpoint="v1-5-pruned-emaonly.safetensors", motion_module="v3_sd15_mm.ckpt", adapter="none",
+                     adapter_scale=1.0, cameractrl="CameraCtrl.ckpt", cvd="CVD.ckpt", dtype="auto")
+        model = node("cvd_model").LOADER.run(**files).values[0]
+        facts = {"parity": {name: run_case(node, model, name) for name in cases if name in CASES}}
+        if "lcm" in cases or not argv[3:]:
+            facts["lcm"] = run_lcm(node, model)
+    out.write_text(json.dumps(facts, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
