@@ -455,7 +455,7 @@ def test_out_of_memory_says_what_to_lower_and_stays_an_out_of_memory_error(tiny_
     def exhausted(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
 
-    monkeypatch.setattr(sampling, "sample_multiview", exhausted)
+    monkeypatch.setattr(sampling, "multiview_loop", exhausted)
     with pytest.raises(torch.OutOfMemoryError) as caught:  # the type ComfyUI recognizes (it then unloads models)
         _sample(tiny_model, views=3, max_batch=4)
     message = str(caught.value)
