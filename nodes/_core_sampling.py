@@ -17,11 +17,13 @@ Conventions settled here:
   sqrt(1 + sigma_0^2) / sigma_0 before core's ``noise * sigma_0``.
 - The k-th model call inside schedule interval i uses the pairing drawn for (step i, substep k): one call
   per step (euler, ddim, lcm, dpmpp_2m) pairs the views exactly as the pack's loop does; heun's second
-  call gets a fresh matching.
+  call gets a fresh matching. Samplers that add white noise between steps (ancestral, lcm) draw the pack's
+  per-view step streams (``ViewNoiseSampler``).
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from typing import Callable, List, Optional
@@ -29,6 +31,7 @@ from typing import Callable, List, Optional
 import torch
 
 from cvd_core.guards import require_finite
+from cvd_core.sampling import noise as noise_streams
 from cvd_core.sampling.executor import Iteration
 from cvd_core.sampling.noise_schedule import make_alphas_cumprod, sigmas_from_alphas_cumprod
 from cvd_core.sampling.ddim import ddim_timesteps
@@ -177,10 +180,7 @@ class CoreModel:
 
     def _iteration(self, sigma: float, timestep: int) -> Iteration:
         """Schedule interval i holds sigma in [sigma_{i+1}, sigma_i]: its k-th call is (step i, substep k)."""
-        index = 0
-        for i, s in enumerate(self.schedule[:-1]):
-            if sigma <= s * (1 + 1e-6):
-                index = i
+        index = _interval(self.schedule, sigma)
         substep = self.calls_in_interval.get(index, 0)
         self.calls_in_interval[index] = substep + 1
         return Iteration(index, max(len(self.schedule) - 1, 1), substep, timestep)
@@ -205,6 +205,50 @@ class CoreModel:
                                  "uncond_denoised": uncond, "cond_denoised": cond, "sigma": sigma,
                                  "model_options": model_options, "input": x})
         return denoised
+
+
+def _interval(schedule: List[float], sigma: float) -> int:
+    """Index i of the schedule interval [sigma_{i+1}, sigma_i] that holds ``sigma`` (the step it belongs to)."""
+    index = 0
+    for i, s in enumerate(schedule[:-1]):
+        if sigma <= s * (1 + 1e-6):
+            index = i
+    return index
+
+
+class ViewNoiseSampler:
+    """A core ``noise_sampler(sigma, sigma_next)`` drawing the pack's per-view STEP streams: the noise that step i
+    adds is the one CVD Multi-View Sampler adds at step i (so multi-step lcm on MCM sigmas equals the pack's
+    MCM), and a view's noise never depends on the number of views."""
+
+    def __init__(self, seed: int, sigmas: torch.Tensor, shape):
+        self.seed, self.schedule, self.shape = int(seed), [float(s) for s in sigmas], tuple(shape)
+        self.calls = {}
+
+    def __call__(self, sigma, sigma_next) -> torch.Tensor:
+        step = _interval(self.schedule, float(sigma))
+        substep = self.calls.get(step, 0)
+        self.calls[step] = substep + 1
+        return noise_streams.multiview_noise(self.seed, noise_streams.STEP, step, substep, self.shape[0],
+                                             self.shape[1:], torch.device("cpu"))
+
+
+def with_view_noise(sampler, seed: int, sigmas: torch.Tensor, shape):
+    """``sampler`` with ``ViewNoiseSampler`` where it takes a white-noise ``noise_sampler`` (ancestral samplers,
+    lcm, ddpm, ...). The SDE samplers keep their Brownian-tree noise (correlated across step sizes by design)."""
+    function = getattr(sampler, "sampler_function", None)
+    options = getattr(sampler, "extra_options", None)
+    if function is None or not isinstance(options, dict) or "noise_sampler" in options:
+        return sampler
+    try:
+        takes = "noise_sampler" in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return sampler
+    if not takes or "sde" in getattr(function, "__name__", ""):
+        return sampler
+    view_sampler = copy.copy(sampler)
+    view_sampler.extra_options = {**options, "noise_sampler": ViewNoiseSampler(seed, sigmas, shape)}
+    return view_sampler
 
 
 def start_noise(noise: torch.Tensor, latent_image: torch.Tensor, sigmas: torch.Tensor, sampling) -> torch.Tensor:
@@ -232,6 +276,7 @@ def core_sample(denoiser, sampler, sigmas: torch.Tensor, noise: torch.Tensor, la
     extra_args = {"model_options": view.model_options, "seed": int(seed)}
     if _x0_inpaint_takes_conds():
         extra_args.update(cond=None, uncond=None, cond_scale=denoiser.guidance_scale)
+    sampler = with_view_noise(sampler, seed, sigmas, latent_image.shape)
     with denoiser.session(latent_image):
         with torch.no_grad():
             samples = sampler.sample(model, sigmas, extra_args, callback, noise, latent_image, denoise_mask,

@@ -10,7 +10,8 @@ repository root. It loads the tiny test models through the pack's loader nodes a
   floor of the computation, measured: the same pack sampler run with another ``max_batch`` (other batch
   sizes round differently; the result is the same up to that rounding), and a deliberately wrong pairing
   (strategy ``fixed``) as the size of a real mismatch.
-- ``lcm``: core ``lcm`` at 1 step on MCM sigmas against the pack's MCM at 1 step (MCM LoRA merged).
+- ``lcm``: core ``lcm`` at 1 and 4 steps on MCM sigmas against the pack's MCM (MCM LoRA merged); between
+  steps both add the pack's per-view step noise (``ViewNoiseSampler``).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def run_case(node, model, name: str, seed: int = 5) -> dict:
     return out
 
 
-def run_lcm(node, model, seed: int = 9) -> dict:
+def run_lcm(node, model, steps: int, seed: int = 9) -> dict:
     import comfy.samplers
     from cvd_core.camera import make_preset_rig
     from cvd_core.mcm import MCMScheduler
@@ -103,11 +104,11 @@ def run_lcm(node, model, seed: int = 9) -> dict:
     rig = make_preset_rig("circle", 2, FRAMES, SIZE, SIZE)
     common = dict(cvd_model=merged, cameras=rig, positive=_conditioning(1), negative=_conditioning(2), seed=seed,
                   cfg=1.0, strategy="random", recurrence=1, denoise=1.0)
-    reference = sampling.SAMPLER.run(steps=1, scheduler="mcm", max_batch=0, **common).values[0]["samples"]
-    floor = _diff(sampling.SAMPLER.run(steps=1, scheduler="mcm", max_batch=2, **common).values[0]["samples"],
+    reference = sampling.SAMPLER.run(steps=steps, scheduler="mcm", max_batch=0, **common).values[0]["samples"]
+    floor = _diff(sampling.SAMPLER.run(steps=steps, scheduler="mcm", max_batch=2, **common).values[0]["samples"],
                   reference)
-    sigmas = core.timesteps_to_sigmas(MCMScheduler(steps=1).timesteps)
-    samples = sampling.SAMPLER.run(steps=1, scheduler="mcm", max_batch=0, sigmas=sigmas,
+    sigmas = core.timesteps_to_sigmas(MCMScheduler(steps=steps).timesteps)
+    samples = sampling.SAMPLER.run(steps=steps, scheduler="mcm", max_batch=0, sigmas=sigmas,
                                    sampler=comfy.samplers.sampler_object("lcm"), **common).values[0]["samples"]
     return {"floor": floor, "lcm": _diff(samples, reference), "max_abs": float(reference.abs().max())}
 
@@ -124,7 +125,7 @@ def main(argv) -> int:
         model = node("cvd_model").LOADER.run(**files).values[0]
         facts = {"parity": {name: run_case(node, model, name) for name in cases if name in CASES}}
         if "lcm" in cases or not argv[3:]:
-            facts["lcm"] = run_lcm(node, model)
+            facts["lcm"] = {str(steps): run_lcm(node, model, steps) for steps in (1, 4)}
     out.write_text(json.dumps(facts, indent=2))
     return 0
 
