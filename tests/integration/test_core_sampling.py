@@ -39,38 +39,70 @@ def _bound(facts) -> float:
     return 4.0 * max(facts["floor"], 16 * EPS32 * facts["max_abs"])
 
 
+# What each ComfyUI checks (one 25-step run of the tiny model takes seconds; CI has two cores): 0.3.64 the
+# GUIDER path on every case; 2024-03 the sampler-input path (the same core_sample code) on one case, and lcm.
+FACTS = {"0.3.64": ["2v_random", "3v_all_pairs", "3v_random_regional", "2v_random_cpu_cpu"],
+         "2024": ["3v_random_regional", "lcm"]}
+
+
+@pytest.fixture(scope="module")
+def core_fact_runs(request, tmp_path_factory):
+    """Both in-process runs started at once (each keeps about one core busy), collected per version."""
+    runs = {}
+    for version, cases in FACTS.items():
+        try:
+            root = request.getfixturevalue("comfyui_2024_source" if version == "2024" else "comfyui_v3_source")
+        except pytest.skip.Exception as skipped:
+            runs[version] = skipped
+            continue
+        out = tmp_path_factory.mktemp("core_sampling") / "facts.json"
+        process = subprocess.Popen([sys.executable, "-m", "tests.support.core_sampling_inprocess", str(root), str(out),
+                                    *cases], cwd=PACK_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"))
+        runs[version] = (process, out)
+    yield runs
+    for run in runs.values():
+        if isinstance(run, tuple) and run[0].poll() is None:
+            run[0].kill()
+
+
 @pytest.fixture(scope="module", params=["2024", "0.3.64"])
-def core_facts(request, tmp_path_factory):
-    root = request.getfixturevalue("comfyui_2024_source" if request.param == "2024" else "comfyui_v3_source")
-    out = tmp_path_factory.mktemp("core_sampling") / "facts.json"
-    result = subprocess.run([sys.executable, "-m", "tests.support.core_sampling_inprocess", str(root), str(out)],
-                            cwd=PACK_ROOT, capture_output=True, text=True, timeout=1200,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def core_facts(request, core_fact_runs):
+    run = core_fact_runs[request.param]
+    if isinstance(run, BaseException):
+        pytest.skip(str(run))
+    process, out = run
+    output, _ = process.communicate(timeout=1200)
+    assert process.returncode == 0, output[-4000:]
     return request.param, json.loads(out.read_text())
 
 
 def test_euler_and_ddim_on_cvd_ddim_sigmas_equal_the_pack_sampler(core_facts):
     version, facts = core_facts
-    assert len(facts["parity"]) == 4
+    assert sorted(facts["parity"]) == sorted(c for c in FACTS[version] if c != "lcm")
     for name, case in facts["parity"].items():
         assert case["guider_api"] == (version != "2024"), (name, case)
-        for sampler in ("euler", "ddim"):
+        for sampler in [s for s in ("euler", "ddim") if s in case]:
             assert case[f"{sampler}_finite"], (name, sampler)
             assert case[sampler] <= _bound(case), (version, name, sampler, case)
+    if version == "0.3.64":
+        assert "ddim" in facts["parity"]["2v_random"]
 
 
 def test_a_wrong_pairing_is_far_outside_the_bound(core_facts):
     """The parity check can fail: 3 views paired by another strategy differ by orders of magnitude more."""
     _, facts = core_facts
-    for name in ("3v_all_pairs", "3v_random_regional"):
-        case = facts["parity"][name]
-        assert case["wrong_pairing"] > 100 * _bound(case), (name, case)
+    for name, case in facts["parity"].items():
+        if name.startswith("3v"):
+            assert case["wrong_pairing"] > 100 * _bound(case), (name, case)
 
 
 def test_lcm_on_mcm_sigmas_equals_the_packs_mcm(core_facts):
     """1 step: the x0 estimate; 4 steps: also the re-noising between steps (the same per-view step noise)."""
-    _, facts = core_facts
+    version, facts = core_facts
+    if "lcm" not in FACTS[version]:
+        pytest.skip(f"lcm parity runs on the other ComfyUI ({[v for v in FACTS if 'lcm' in FACTS[v]][0]}): the same code")
+    assert sorted(facts["lcm"]) == ["1", "4"]
     for steps, lcm in facts["lcm"].items():
         assert lcm["lcm"] <= _bound(lcm), (steps, lcm)
 
