@@ -48,8 +48,8 @@ def _run_trajectory(preset, views, frames, width, height, camera_dist, speed, an
 
 def _custom_json_rule(preset, custom_json):
     if preset == CUSTOM_PRESET and not custom_json.strip():
-        return ("custom_json must hold the camera JSON when preset is custom_json (see the README, 'Custom camera "
-                "JSON'), got ''")
+        return ("custom_json must hold the camera JSON when preset is custom_json (see docs/cameras.md, 'Custom "
+                "camera JSON'), got ''")
     return json_problem("custom_json", custom_json) if preset == CUSTOM_PRESET else None
 
 
@@ -82,7 +82,7 @@ CAMERA_TRAJECTORY = NodeSchema(
               "units; 0 = exact presets.", default=0.0, min=0.0, max=2.0, step=0.01),
         Input("perturb_seed", "INT", "Seed of the random perturbation.", default=0, min=0, max=2**31 - 1),
         Input("custom_json", "STRING", "Used when preset is custom_json: {\"views\": [{\"label\": ..., \"fov_deg\" "
-              "or \"K\", \"c2w\" or \"w2c\": [4x4 per frame]}]} (see the README).", default="", multiline=True),
+              "or \"K\", \"c2w\" or \"w2c\": [4x4 per frame]}]} (see docs/cameras.md).", default="", multiline=True),
     ],
     outputs=[Output(CAMERAS, "cameras", "The camera rig: intrinsics and poses of every view and frame.")],
     run=_run_trajectory,

@@ -1,7 +1,7 @@
 """Export node: the generated views and their rig as a nerfstudio dataset and a COLMAP model.
 
 A thin adapter over :mod:`cvd_core.io.reconstruction` (formats and conventions are documented there
-and in the README). ``ui`` contract (lists, as ComfyUI 2024 concatenates them)::
+and in docs/export.md). ``ui`` contract (lists, as ComfyUI 2024 concatenates them)::
 
     {"text": [one-line summary],
      "cvd_export": [{"folder", "subfolder", "type": "output", "scope", "formats", "image_format",

@@ -146,7 +146,7 @@ SCENE_PLAN = NodeSchema(
               max=8192),
         Input("path_points", "INT", "Intermediate trajectory points the director prompt asks the LLM for (C3V "
               "asks step by step: scale, start, end, then these).", default=4, min=1, max=16),
-        Input("plan_json", "STRING", "Optional whole scene plan as JSON (version 1; see the README). When given "
+        Input("plan_json", "STRING", "Optional whole scene plan as JSON (version 1; see docs/nodes.md). When given "
               "it replaces the prompt; its paths are resampled to 'frames'. Errors name the JSON path.",
               default="", multiline=True, optional=True),
         Input("llm_answer", "STRING", "Optional answer of an LLM to the director prompt (text 'id: Scale: ..., "
