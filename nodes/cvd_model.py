@@ -16,6 +16,7 @@ from cvd_core.dtypes import resolve_dtype
 from ._comfy import NodeInputError, list_model_entries, register_model_folder, resolve_model_entry
 from ._managed import describe as describe_memory
 from ._managed import devices, manage, module_of
+from ._model_files import where_to_get
 from ._schema import Input, NodeSchema, Output, Result
 
 CATEGORY = "CVD/model"
@@ -23,14 +24,9 @@ CVD_MODEL = "CVD_MODEL"
 WEIGHTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 NONE = "none"
 
-SOURCES = {
-    "checkpoints": "any Stable Diffusion 1.5 checkpoint, e.g. v1-5-pruned-emaonly.safetensors (Hugging Face "
-                   "stable-diffusion-v1-5/stable-diffusion-v1-5), into ComfyUI/models/checkpoints/",
-    "animatediff_models": "v3_sd15_mm.ckpt and v3_sd15_adapter.ckpt from the Hugging Face repo guoyww/animatediff, "
-                          "into ComfyUI/models/animatediff_models/",
-    "cvd": "CameraCtrl.ckpt and CVD.ckpt (links in the README of github.com/CollaborativeVideoDiffusion/CVD), into "
-           "ComfyUI/models/cvd/",
-}
+# Where each folder's official files come from (nodes/_model_files.py, the one list of them).
+SOURCES = {folder: where_to_get(folder) for folder in ("checkpoints", "animatediff_models", "cvd")}
+SOURCES["checkpoints"] = "any Stable Diffusion 1.5 checkpoint, e.g. " + SOURCES["checkpoints"]
 
 register_model_folder("animatediff_models", WEIGHTS)
 register_model_folder("cvd", WEIGHTS)
@@ -102,8 +98,8 @@ LOADER = NodeSchema(
               max=2.0, step=0.05),
         Input("cameractrl", "COMBO", "CameraCtrl checkpoint (CameraCtrl.ckpt) from models/cvd: pose encoder and "
               "pose-adaptor attention processors.", options=_choices("cvd")),
-        Input("cvd", "COMBO", "CVD checkpoint (CVD.ckpt) from models/cvd: the 20 cross-view synchronization "
-              "modules. none = CameraCtrl only.", options=_choices("cvd", optional=True)),
+        Input("cvd", "COMBO", "CVD.ckpt (cross-view modules) in models/cvd, from the Google Drive link in CVD's "
+              "README. none = CameraCtrl only.", options=_choices("cvd", optional=True)),
         Input("dtype", "COMBO", "Precision. auto = fp32 on CPU, fp16/bf16 on GPUs. fp16 halves memory.",
               default="auto", options=["auto", "fp32", "fp16", "bf16"]),
     ],

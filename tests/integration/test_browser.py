@@ -22,6 +22,10 @@ Timing is judged against the page's own clock (``performance.now()`` read with e
 machine can stall the page for a few hundred milliseconds at any round trip, and the players' loop is
 only 2 s long, so "the clock moved by the time that passed" is checked, not "the clock moved far".
 
+``test_missing_models_panel_...`` opens shipped workflows on a 0.3.64 server without any model file
+(``tests/browser/missing_models.mjs``) and reads the frontend's Missing Models panel: folders and
+download links come from the workflows' ``properties.models``.
+
 ``CVD_SCREENSHOT_DIR=docs/screenshots`` also copies the screenshots there (the README's pictures).
 ``python -m tests.integration.test_browser --help``: the same checks outside pytest (a running server,
 or the test servers started here; ``--repeat N`` for stability runs).
@@ -458,6 +462,92 @@ def test_pure_modules_under_node():
     result = subprocess.run(["node", "--test", "pure_modules.test.mjs"], cwd=BROWSER_DIR, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------ missing models
+
+# Shipped workflows that together use every loader (the pack's and core's) and every official file.
+MISSING_MODEL_WORKFLOWS = ("cvd_four_views_mcm", "cvvae_roundtrip", "sd15_feature_cache")
+# What frontend 1.58.1 counts as a model file name (missingModelScan: isModelFileName).
+MODEL_FILE_ENDINGS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".onnx", ".gguf")
+
+
+def run_missing_models_check(server, work: Path) -> dict:
+    """Open the workflows in ``server``'s frontend and read its Missing Models panel (no clicks on Download)."""
+    ensure_chromium()
+    ensure_playwright()
+    workflows = {name: json.loads((ROOT / "workflows" / f"{name}.json").read_text()) for name in MISSING_MODEL_WORKFLOWS}
+    out_dir = work / "missing-models"
+    config_path = work / "missing_models_config.json"
+    config_path.write_text(json.dumps({"url": server.url, "workflows": workflows, "out_dir": str(out_dir),
+                                       "chromium": str(CHROMIUM)}))
+    result = subprocess.run(["node", str(BROWSER_DIR / "missing_models.mjs"), str(config_path)], cwd=BROWSER_DIR,
+                            capture_output=True, text=True, timeout=180)
+    report_path = out_dir / "missing_models.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    if result.returncode != 0 or not report.get("ok"):
+        raise AssertionError(f"missing-models script failed (exit {result.returncode}): {report.get('error')}\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}\n{server.log_tail(30)}")
+    report["workflows"] = workflows
+    return report
+
+
+def expected_missing_models(workflow: dict):
+    """``({(name, directory, has_download)}, [folder values the panel cannot list])`` for a UI workflow."""
+    from nodes._model_files import LOADER_WIDGETS
+
+    expected, folders = set(), []
+    for node in workflow["nodes"]:
+        entries = {e["name"]: e for e in node["properties"].get("models", [])}
+        for value in node["widgets_values"]:
+            if not isinstance(value, str) or node["type"] not in LOADER_WIDGETS:
+                continue
+            if value in entries and value.lower().endswith(MODEL_FILE_ENDINGS):
+                expected.add((value, entries[value]["directory"], "url" in entries[value]))
+            elif any(name.startswith(value + "/") for name in entries):
+                folders.append(value)
+    return expected, folders
+
+
+@pytest.fixture(scope="module")
+def bare_server_v3(tmp_path_factory):
+    """ComfyUI 0.3.64 with frontend 1.58.1 and the pack, but no model files at all."""
+    from tests.support.comfy_harness import V3_COMFYUI_VERSION, ComfyServer, current_comfyui, shared_dir
+
+    tarball, problems = current_comfyui()
+    if tarball is None or problems:
+        pytest.skip(f"needs ComfyUI {V3_COMFYUI_VERSION} from {shared_dir() / 'comfyui'}: {'; '.join(problems)}")
+    server = ComfyServer.current(tmp_path_factory.mktemp("comfyui-v3-bare"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_missing_models_panel_lists_every_file_with_its_folder_and_download(bare_server_v3, tmp_path):
+    """Each file a workflow's loaders name appears with its own folder (never 'Unknown'); those with a
+    direct link offer Download, CVD.ckpt does not; folder models are not listed (1.58.1 only lists file
+    names: docs/nodes.md says so); nothing is downloaded (every outside request was aborted, none a GET
+    of a model file)."""
+    from tests.support.comfy_harness import FRONTEND_VERSION
+
+    report = run_missing_models_check(bare_server_v3, tmp_path)
+    assert report["frontend_version"] == FRONTEND_VERSION
+    for name, workflow in report["workflows"].items():
+        rows = report["panels"][name]
+        expected, folders = expected_missing_models(workflow)
+        seen = {(r["name"], r["directory"], r["download"] is not None) for r in rows}
+        assert seen == expected, f"{name}: the panel shows {rows}, expected {sorted(expected)}"
+        assert all(r["download"] in (None, f"Download {r['name']}") for r in rows), rows
+        assert not [r for r in rows if r["directory"] in ("Unknown", "")], rows
+        assert not [r for r in rows if r["name"] in folders], f"{name}: a folder model is listed now: update docs/nodes.md"
+    shown = {r["name"] for rows in report["panels"].values() for r in rows}
+    assert {"CVD.ckpt", "CameraCtrl.ckpt", "v3_sd15_mm.ckpt", "clip_l.safetensors"} <= shown, shown
+    model_urls = {e["url"] for w in report["workflows"].values() for n in w["nodes"]
+                  for e in n["properties"].get("models", []) if "url" in e}
+    fetched = [r for r in report["external"] if r["url"] in model_urls and r["method"] != "HEAD"]
+    assert not fetched, f"the page tried to download model files: {fetched}"
 
 
 # ------------------------------------------------------------------------------ any running ComfyUI
