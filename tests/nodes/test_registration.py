@@ -100,3 +100,18 @@ def test_v3_validator_checks_ranges_combos_and_custom_rules():
     assert validate(None, count=9, mode="a") == "Toy: count must be an integer from 1 to 8, got 9"
     assert validate(None, count=3, mode="a") == "Toy: count must not be 3, got 3"
     assert validate(None, count=None, mode="a") is True  # a linked input: checked when it runs
+
+
+def test_v1_validator_names_every_input_as_comfyui_reads_it():
+    """ComfyUI passes VALIDATE_INPUTS only the inputs ``inspect.getfullargspec`` finds in its parameters."""
+    import inspect
+
+    from nodes._schema import _ABSENT
+
+    for schema in pack_schemas():
+        names = [item.name for item in schema.inputs]
+        spec = inspect.getfullargspec(build_v1(schema).VALIDATE_INPUTS)
+        assert spec.args == ["cls", *names] and spec.varargs is None and spec.varkw is None, (schema.node_id, spec)
+        assert spec.defaults == (_ABSENT,) * len(names), schema.node_id
+    validate = build_v1(_toy_schema()).VALIDATE_INPUTS
+    assert validate() is True  # nothing given: nothing to refuse
