@@ -80,19 +80,16 @@ LOADER = NodeSchema(
     node_id="CVD_ModelLoader",
     display_name="CVD Load Model (SD1.5 + AnimateDiff + CameraCtrl + CVD)",
     category=CATEGORY,
-    description=("Loads the Collaborative Video Diffusion backbone from the official files, unchanged: an SD1.5 "
-                 "checkpoint, the AnimateDiff v3 motion module (and optionally its adapter LoRA, fused at load), "
-                 "CameraCtrl's pose encoder and CVD's cross-view synchronization modules. With cvd = none you get "
-                 "plain CameraCtrl (one camera-controlled video per view, no cross-view attention). ComfyUI's model "
-                 "management holds the weights like its own models: in system RAM until a node computes, offloaded "
-                 "or streamed when VRAM is short, released by Unload models / POST /free."),
+    description=("Loads the CVD backbone from the official files, unchanged: SD1.5, the AnimateDiff v3 motion "
+                 "module (and adapter), CameraCtrl and CVD's cross-view modules. cvd = none gives plain "
+                 "CameraCtrl. ComfyUI's model management holds the weights like its own."),
     inputs=[
         Input("checkpoint", "COMBO", "SD1.5 checkpoint from models/checkpoints (single file, .safetensors or .ckpt).",
               options=_choices("checkpoints")),
         Input("motion_module", "COMBO", "AnimateDiff v3 motion module (v3_sd15_mm.ckpt) from "
               "models/animatediff_models.", options=_choices("animatediff_models")),
-        Input("adapter", "COMBO", "AnimateDiff v3 adapter LoRA (v3_sd15_adapter.ckpt), fused into the spatial "
-              "attention at load; none if your checkpoint already has it fused (CVD's own flow fuses it).",
+        Input("adapter", "COMBO", "AnimateDiff v3 adapter LoRA (v3_sd15_adapter.ckpt), fused at load; none if the "
+                                  "checkpoint has it fused.",
               default=NONE, options=_choices("animatediff_models", optional=True)),
         Input("adapter_scale", "FLOAT", "Strength of the adapter LoRA (1.0 as in CVD).", default=1.0, min=0.0,
               max=2.0, step=0.05),
