@@ -1,16 +1,8 @@
-"""Feature-cache enhancer nodes (RepVideo, Si et al. 2025): cross-layer feature aggregation as a patch.
+"""Feature-cache enhancer nodes (RepVideo, Si et al. 2025) on a core ``MODEL`` and on a ``CVD_MODEL``.
 
-Before each UNet layer in range, the layer's main-path input is blended with the mean of the raw
-outputs of the preceding layers of the same resolution stage:
-``h <- strength * mean(window) + (1 - strength) * h``. RepVideo trained its model with this cache; on
-models that were not, it is a training-free nudge toward features that agree across layers (and, in
-video models, across frames), so keep the strength small.
-
-Two nodes with one schema (ComfyUI sockets are typed): ``CVD_FeatureCacheEnhancer`` patches a core
-``MODEL`` (SD-family UNets, through ComfyUI's block patches on a clone) and
-``CVD_FeatureCacheEnhancerCVD`` a ``CVD_MODEL`` (a copy sharing the weights, with the cache on its
-block loop). Both number blocks the same way (SD1.5: input blocks 0-11, middle 12, output blocks
-13-24), so one setting means the same on both. The input model is never modified.
+One schema for both (ComfyUI sockets are typed), the same knobs and block numbers (SD1.5: input blocks
+0-11, middle 12, output blocks 13-24); the input model is never modified. The method and its knobs:
+docs/nodes.md, CVD/enhance.
 """
 
 from __future__ import annotations
