@@ -26,7 +26,8 @@ only 2 s long, so "the clock moved by the time that passed" is checked, not "the
 (``tests/browser/missing_models.mjs``) and reads the frontend's Missing Models panel: folders and
 download links come from the workflows' ``properties.models``.
 
-``CVD_SCREENSHOT_DIR=docs/screenshots`` also copies the screenshots there (the README's pictures).
+``CVD_SCREENSHOT_DIR=docs/screenshots`` also copies the screenshots there (the docs' pictures) and writes
+``multiview_players.webp``, the players stepped through their timeline (the README's picture).
 ``python -m tests.integration.test_browser --help``: the same checks outside pytest (a running server,
 or the test servers started here; ``--repeat N`` for stability runs).
 """
@@ -226,8 +227,25 @@ def run_browser_check(server, work: Path, ui: str = "legacy") -> dict:
             picture = Image.open(out_dir / name).convert("RGB")
             picture.quantize(colors=128, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
                 target / name, optimize=True)
+        save_players_animation(out_dir, report["animation"], target / "multiview_players.webp")
     report["out_dir"] = out_dir
     return report
+
+
+def save_players_animation(out_dir: Path, animation: dict, target: Path) -> None:
+    """The players stepped through their timeline as a small looping WebP: cropped to the players, their
+    labels and the timeline, at 60 % size; every other frame, so 4 fps keep the 2 s loop."""
+    x0 = min(x for x, _, _, _ in animation["videos"])
+    y0 = min(y for _, y, _, _ in animation["videos"])
+    x1 = max(x + w for x, _, w, _ in animation["videos"])
+    y1 = max(y + h for _, y, _, h in animation["videos"])
+    box = (max(x0 - 4, 0), max(y0 - 18, 0), x1 + 4, y1 + 26)  # the labels above, the timeline below
+    images = []
+    for name in animation["files"]:
+        crop = Image.open(out_dir / name).convert("RGB").crop(box)
+        images.append(crop.resize((round(crop.width * 0.6), round(crop.height * 0.6)), Image.Resampling.LANCZOS))
+    images[0].save(target, save_all=True, append_images=images[1:], duration=int(2000 / FPS), loop=0,
+                   quality=50, method=6)
 
 
 # ------------------------------------------------------------------------------ checks
@@ -367,9 +385,23 @@ def check_screenshots(report: dict) -> None:
         assert _distinct_colours(shot) > 200, f"{name} has too few colours to show videos or a rig"
 
 
+def check_players_animation(report: dict) -> None:
+    """Stepping the shared timeline moves every player: each captured step differs from the one before."""
+    out = Path(report["out_dir"])
+    frames, videos = report["animation"]["files"], report["animation"]["videos"]
+    assert len(frames) == FRAMES // 2 and len(videos) == VIEWS, report["animation"]
+    pictures = [np.asarray(Image.open(out / name).convert("RGB"), dtype=np.int16) for name in frames]
+    for view, (x, y, w, h) in enumerate(videos):
+        assert w > 40 and h > 40 and x >= 0 and y >= 0, f"player {view} is not inside the shot: {videos}"
+        crops = [p[y:y + h, x:x + w] for p in pictures]
+        # The rendered scene moves by several pixels per two frames: a still player changes no pixel.
+        changed = [float((np.abs(a - b).max(axis=-1) > 24).mean()) for a, b in zip(crops, crops[1:])]
+        assert min(changed) > 0.01, f"player {view} did not move with the timeline: changed shares {changed}"
+
+
 CHECKS = [check_extension_registered, check_grid, check_shared_clock, check_scrub, check_rerun, check_resize,
           check_rig_view, check_wheel_zoom, check_progress, check_messages, check_no_pack_deprecations,
-          check_screenshots]
+          check_screenshots, check_players_animation]
 
 
 def check_ui(report: dict, ui: str) -> None:
@@ -453,6 +485,10 @@ def test_console_has_no_deprecation_warning_from_the_pack(browser_run):
 
 def test_node_screenshots_are_not_blank(browser_run):
     check_screenshots(browser_run)
+
+
+def test_stepping_the_timeline_moves_the_players(browser_run):
+    check_players_animation(browser_run)
 
 
 def test_pure_modules_under_node():
