@@ -83,8 +83,8 @@ def executor_for(cvd_model, model, devices: str):
     pool = worker_pool()
     if pool is None:
         raise NodeInputError("devices: 'workers' needs this ComfyUI started with CVD_DIST_LISTEN=host:port (e.g. "
-                             "0.0.0.0:29650) and workers started with python -m cvd_core.parallel.worker; see the "
-                             "README section 'Scaling out'")
+                             "0.0.0.0:29650) and workers started with python -m cvd_core.parallel.worker; see "
+                             "docs/scaling.md")
     return DistributedExecutor(replicas_for(cvd_model, model, local), pool, lambda: model_recipe(cvd_model, model),
                                timeout_s=_env_seconds("CVD_DIST_TIMEOUT", 600.0),
                                load_timeout_s=_env_seconds("CVD_DIST_LOAD_TIMEOUT", 600.0),

@@ -48,8 +48,8 @@ def _run_trajectory(preset, views, frames, width, height, camera_dist, speed, an
 
 def _custom_json_rule(preset, custom_json):
     if preset == CUSTOM_PRESET and not custom_json.strip():
-        return ("custom_json must hold the camera JSON when preset is custom_json (see the README, 'Custom camera "
-                "JSON'), got ''")
+        return ("custom_json must hold the camera JSON when preset is custom_json (see docs/cameras.md, 'Custom "
+                "camera JSON'), got ''")
     return json_problem("custom_json", custom_json) if preset == CUSTOM_PRESET else None
 
 
@@ -61,16 +61,15 @@ CAMERA_TRAJECTORY = NodeSchema(
                  "builds them: every view starts at the same pose and moves to its own target) or from custom "
                  "JSON. OpenCV axes, poses relative to each view's first frame."),
     inputs=[
-        Input("preset", "COMBO", "Trajectory family. circle / upper_hemi / interpolate are CVD's multi-view "
-              "presets (look at a point ahead, fan out to targets around the start); pan, zoom, orbit and static "
-              "are single-motion rigs; custom_json reads custom_json.", default="circle",
+        Input("preset", "COMBO", "Trajectory family: CVD's circle / upper_hemi / interpolate, pan, zoom, orbit, "
+                                 "static, or custom_json.", default="circle",
               options=list(PRESETS) + [CUSTOM_PRESET]),
         Input("views", "INT", "Number of videos (cameras) to generate together.", default=4, min=1, max=16),
         Input("frames", "INT", "Frames per video (CVD is trained on 16).", default=16, min=1, max=256),
         Input("width", "INT", "Width of the generated frames in pixels (multiple of 8).", default=256, **SIZE_RULE),
         Input("height", "INT", "Height of the generated frames in pixels (multiple of 8).", default=256, **SIZE_RULE),
-        Input("camera_dist", "FLOAT", "How far each camera travels towards its target (scene units; CVD uses 0.5). "
-              "Larger = more parallax between views, harder for the model.", default=0.5, min=0.0, max=10.0,
+        Input("camera_dist", "FLOAT", "How far each camera travels towards its target (scene units; CVD: 0.5). "
+                                      "More = more parallax, harder.", default=0.5, min=0.0, max=10.0,
               step=0.01),
         Input("speed", "FLOAT", "Fraction of the path covered by the last frame (1 = CVD; above 1 overshoots).",
               default=1.0, min=0.0, max=4.0, step=0.05),
@@ -81,8 +80,8 @@ CAMERA_TRAJECTORY = NodeSchema(
         Input("perturb", "FLOAT", "Random offset of each target position (CVD's --cam_perturb_traj), in scene "
               "units; 0 = exact presets.", default=0.0, min=0.0, max=2.0, step=0.01),
         Input("perturb_seed", "INT", "Seed of the random perturbation.", default=0, min=0, max=2**31 - 1),
-        Input("custom_json", "STRING", "Used when preset is custom_json: {\"views\": [{\"label\": ..., \"fov_deg\" "
-              "or \"K\", \"c2w\" or \"w2c\": [4x4 per frame]}]} (see the README).", default="", multiline=True),
+        Input("custom_json", "STRING", "The rig as JSON, used when preset is custom_json (format: "
+                                       "docs/cameras.md).", default="", multiline=True),
     ],
     outputs=[Output(CAMERAS, "cameras", "The camera rig: intrinsics and poses of every view and frame.")],
     run=_run_trajectory,
@@ -124,10 +123,9 @@ LOAD_CAMERA_POSES = NodeSchema(
     node_id="CVD_LoadCameraPoses",
     display_name="CVD Load Camera Poses (RealEstate10K)",
     category=CATEGORY,
-    description=("One view's trajectory from a RealEstate10K / CameraCtrl pose file (first line a URL, then "
-                 "'timestamp fx fy cx cy 0 0' and a 3x4 world-to-camera matrix per frame). Files come from "
-                 "ComfyUI's input folder (input/ or input/cvd_poses/, uploadable through /upload/image) or the "
-                 "pack's examples. Chain nodes through 'cameras' to build a rig, one file per view."),
+    description=("One view's trajectory from a RealEstate10K / CameraCtrl pose file in ComfyUI's input folder "
+                 "(input/ or input/cvd_poses/) or the pack's examples. Chain nodes through 'cameras' to build a "
+                 "rig, one file per view. The file format: docs/cameras.md."),
     inputs=[
         Input("pose_file", "COMBO", "Pose file: a .txt in ComfyUI's input folder or input/cvd_poses/, or one of "
               "the pack's examples/.", options=pose_file_choices,
@@ -139,8 +137,8 @@ LOAD_CAMERA_POSES = NodeSchema(
               default=1, min=1, max=64),
         Input("width", "INT", "Width of the generated frames in pixels (multiple of 8).", default=256, **SIZE_RULE),
         Input("height", "INT", "Height of the generated frames in pixels (multiple of 8).", default=256, **SIZE_RULE),
-        Input("source_width", "INT", "Width of the video the poses were estimated on (RealEstate10K: 1280). "
-              "Intrinsics are converted for resize-short-side then center-crop to width x height.",
+        Input("source_width", "INT", "Width of the video the poses were estimated on (RealEstate10K: 1280); K "
+                                     "follows resize + center-crop.",
               default=1280, min=8, max=16384),
         Input("source_height", "INT", "Height of that source video (RealEstate10K: 720).", default=720, min=8,
               max=16384),

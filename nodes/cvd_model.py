@@ -16,6 +16,7 @@ from cvd_core.dtypes import resolve_dtype
 from ._comfy import NodeInputError, list_model_entries, register_model_folder, resolve_model_entry
 from ._managed import describe as describe_memory
 from ._managed import devices, manage, module_of
+from ._model_files import where_to_get
 from ._schema import Input, NodeSchema, Output, Result
 
 CATEGORY = "CVD/model"
@@ -23,14 +24,9 @@ CVD_MODEL = "CVD_MODEL"
 WEIGHTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 NONE = "none"
 
-SOURCES = {
-    "checkpoints": "any Stable Diffusion 1.5 checkpoint, e.g. v1-5-pruned-emaonly.safetensors (Hugging Face "
-                   "stable-diffusion-v1-5/stable-diffusion-v1-5), into ComfyUI/models/checkpoints/",
-    "animatediff_models": "v3_sd15_mm.ckpt and v3_sd15_adapter.ckpt from the Hugging Face repo guoyww/animatediff, "
-                          "into ComfyUI/models/animatediff_models/",
-    "cvd": "CameraCtrl.ckpt and CVD.ckpt (links in the README of github.com/CollaborativeVideoDiffusion/CVD), into "
-           "ComfyUI/models/cvd/",
-}
+# Where each folder's official files come from (nodes/_model_files.py, the one list of them).
+SOURCES = {folder: where_to_get(folder) for folder in ("checkpoints", "animatediff_models", "cvd")}
+SOURCES["checkpoints"] = "any Stable Diffusion 1.5 checkpoint, e.g. " + SOURCES["checkpoints"]
 
 register_model_folder("animatediff_models", WEIGHTS)
 register_model_folder("cvd", WEIGHTS)
@@ -84,26 +80,23 @@ LOADER = NodeSchema(
     node_id="CVD_ModelLoader",
     display_name="CVD Load Model (SD1.5 + AnimateDiff + CameraCtrl + CVD)",
     category=CATEGORY,
-    description=("Loads the Collaborative Video Diffusion backbone from the official files, unchanged: an SD1.5 "
-                 "checkpoint, the AnimateDiff v3 motion module (and optionally its adapter LoRA, fused at load), "
-                 "CameraCtrl's pose encoder and CVD's cross-view synchronization modules. With cvd = none you get "
-                 "plain CameraCtrl (one camera-controlled video per view, no cross-view attention). ComfyUI's model "
-                 "management holds the weights like its own models: in system RAM until a node computes, offloaded "
-                 "or streamed when VRAM is short, released by Unload models / POST /free."),
+    description=("Loads the CVD backbone from the official files, unchanged: SD1.5, the AnimateDiff v3 motion "
+                 "module (and adapter), CameraCtrl and CVD's cross-view modules. cvd = none gives plain "
+                 "CameraCtrl. ComfyUI's model management holds the weights like its own."),
     inputs=[
         Input("checkpoint", "COMBO", "SD1.5 checkpoint from models/checkpoints (single file, .safetensors or .ckpt).",
               options=_choices("checkpoints")),
         Input("motion_module", "COMBO", "AnimateDiff v3 motion module (v3_sd15_mm.ckpt) from "
               "models/animatediff_models.", options=_choices("animatediff_models")),
-        Input("adapter", "COMBO", "AnimateDiff v3 adapter LoRA (v3_sd15_adapter.ckpt), fused into the spatial "
-              "attention at load; none if your checkpoint already has it fused (CVD's own flow fuses it).",
+        Input("adapter", "COMBO", "AnimateDiff v3 adapter LoRA (v3_sd15_adapter.ckpt), fused at load; none if the "
+                                  "checkpoint has it fused.",
               default=NONE, options=_choices("animatediff_models", optional=True)),
         Input("adapter_scale", "FLOAT", "Strength of the adapter LoRA (1.0 as in CVD).", default=1.0, min=0.0,
               max=2.0, step=0.05),
         Input("cameractrl", "COMBO", "CameraCtrl checkpoint (CameraCtrl.ckpt) from models/cvd: pose encoder and "
               "pose-adaptor attention processors.", options=_choices("cvd")),
-        Input("cvd", "COMBO", "CVD checkpoint (CVD.ckpt) from models/cvd: the 20 cross-view synchronization "
-              "modules. none = CameraCtrl only.", options=_choices("cvd", optional=True)),
+        Input("cvd", "COMBO", "CVD.ckpt (cross-view modules) in models/cvd, from the Google Drive link in CVD's "
+              "README. none = CameraCtrl only.", options=_choices("cvd", optional=True)),
         Input("dtype", "COMBO", "Precision. auto = fp32 on CPU, fp16/bf16 on GPUs. fp16 halves memory.",
               default="auto", options=["auto", "fp32", "fp16", "bf16"]),
     ],

@@ -1,7 +1,7 @@
 """Export node: the generated views and their rig as a nerfstudio dataset and a COLMAP model.
 
 A thin adapter over :mod:`cvd_core.io.reconstruction` (formats and conventions are documented there
-and in the README). ``ui`` contract (lists, as ComfyUI 2024 concatenates them)::
+and in docs/export.md). ``ui`` contract (lists, as ComfyUI 2024 concatenates them)::
 
     {"text": [one-line summary],
      "cvd_export": [{"folder", "subfolder", "type": "output", "scope", "formats", "image_format",
@@ -68,29 +68,24 @@ EXPORT_FOR_RECONSTRUCTION = NodeSchema(
     node_id="CVD_ExportForReconstruction",
     display_name="CVD Export For Reconstruction",
     category=CATEGORY,
-    description=("Hands the generated views to 3-D reconstruction: writes a nerfstudio dataset (transforms.json "
-                 "with per-frame intrinsics and camera-to-world poses in nerfstudio's OpenGL convention, plus the "
-                 "frame images) and a COLMAP text model (sparse/0: cameras.txt, images.txt with world-to-camera "
-                 "poses, empty points3D.txt, ready for colmap point_triangulator) from the rig the views were "
-                 "generated with. One folder <prefix>_<counter> in ComfyUI's output folder, for the whole video "
-                 "or one dataset per time step; all files appear together or not at all (cancel-safe)."),
+    description=("Writes the views and their rig for 3-D reconstruction: a nerfstudio dataset (transforms.json + "
+                 "images) and a COLMAP text model (sparse/0), in one folder <prefix>_<counter> of the output "
+                 "folder, for the whole video or per time step; all files or none."),
     inputs=[
         IMAGES_INPUT,
-        Input("cameras", CAMERAS, "The rig the views were generated with (its view and frame counts must match the "
-              "images; intrinsics are rescaled if the frames have another size)."),
+        Input("cameras", CAMERAS, "The rig the views were generated with (same views and frames; K is rescaled to "
+                                  "the frame size)."),
         Input("filename_prefix", "STRING", "Export folder inside ComfyUI's output folder; may contain subfolders. "
               "The folder is <prefix>_<counter>.", default=DEFAULT_PREFIX),
-        Input("scope", "COMBO", "whole_video = one dataset with every view and frame (a static scene seen along all "
-              "camera paths); per_time_step = one dataset per frame index with the views at that instant (t0000, "
-              "t0001, ...: for a moving scene each instant is static).", default="whole_video",
+        Input("scope", "COMBO", "whole_video = one dataset of every view and frame; per_time_step = one dataset "
+                                "per frame index (t0000, ...).", default="whole_video",
               options=list(SCOPES)),
-        Input("formats", "COMBO", "What to write next to the images: nerfstudio's transforms.json, COLMAP's text "
-              "model in sparse/0, or both (the same cameras).", default="nerfstudio+colmap", options=list(TARGETS)),
+        Input("formats", "COMBO", "What to write beside the images: nerfstudio's transforms.json, COLMAP's text "
+                                  "model (sparse/0), or both.", default="nerfstudio+colmap", options=list(TARGETS)),
         Input("image_format", "COMBO", "png = lossless; jpg = quality 95, about 5x smaller.", default="png",
               options=list(IMAGE_FORMATS)),
-        Input("skip_duplicate_cameras", "BOOLEAN", "Leave out an image whose camera equals an earlier view's at the "
-              "same frame (CVD's frame 0: every view starts at one pose); time steps left with fewer than 2 images "
-              "are skipped.", default=True),
+        Input("skip_duplicate_cameras", "BOOLEAN", "Leave out images whose camera repeats an earlier view's at "
+                                                   "the same frame (CVD's shared frame 0).", default=True),
     ],
     outputs=[Output("STRING", "folder", "Absolute path of the export folder (ns-train ... --data <folder>, or "
                     "colmap --input_path <folder>/sparse/0).")],

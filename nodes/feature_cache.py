@@ -1,16 +1,8 @@
-"""Feature-cache enhancer nodes (RepVideo, Si et al. 2025): cross-layer feature aggregation as a patch.
+"""Feature-cache enhancer nodes (RepVideo, Si et al. 2025) on a core ``MODEL`` and on a ``CVD_MODEL``.
 
-Before each UNet layer in range, the layer's main-path input is blended with the mean of the raw
-outputs of the preceding layers of the same resolution stage:
-``h <- strength * mean(window) + (1 - strength) * h``. RepVideo trained its model with this cache; on
-models that were not, it is a training-free nudge toward features that agree across layers (and, in
-video models, across frames), so keep the strength small.
-
-Two nodes with one schema (ComfyUI sockets are typed): ``CVD_FeatureCacheEnhancer`` patches a core
-``MODEL`` (SD-family UNets, through ComfyUI's block patches on a clone) and
-``CVD_FeatureCacheEnhancerCVD`` a ``CVD_MODEL`` (a copy sharing the weights, with the cache on its
-block loop). Both number blocks the same way (SD1.5: input blocks 0-11, middle 12, output blocks
-13-24), so one setting means the same on both. The input model is never modified.
+One schema for both (ComfyUI sockets are typed), the same knobs and block numbers (SD1.5: input blocks
+0-11, middle 12, output blocks 13-24); the input model is never modified. The method and its knobs:
+docs/nodes.md, CVD/enhance.
 """
 
 from __future__ import annotations
@@ -29,48 +21,38 @@ CVD_MODEL = "CVD_MODEL"
 MAX_BLOCK = 99  # widget bound; the real bound is the model's block count, checked when the node runs
 
 DESCRIPTION = (
-    "RepVideo feature cache, training-free: before each UNet block in the chosen range, its input is blended with "
-    "the mean of the outputs of the preceding blocks of the same resolution stage, "
-    "h = strength x mean + (1 - strength) x h. It steadies features from layer to layer (and from frame to frame "
-    "in video models); too much strength blurs and flattens detail. Blocks are numbered as ComfyUI numbers an SD "
-    "UNet: SD1.5/SD2 input blocks 0-11, middle 12, output blocks 13-24 (SDXL: 0-8, 9, 10-18). Only the main path "
-    "is blended: skip connections stay raw. The input model is left unchanged; the output is a patched copy "
-    "that shares its weights.")
+    "RepVideo's training-free feature cache: each block's input in the range is blended with the mean of the "
+    "preceding outputs of its resolution stage, h = strength x mean + (1 - strength) x h. The output is a patched "
+    "copy sharing the weights.")
 
 
 def _inputs(model_type: str, model_tooltip: str) -> List[Input]:
     """The shared inputs: the model socket, then the knobs in their public (widget) order."""
     return [
         Input("model", model_type, model_tooltip),
-        Input("strength", "FLOAT", "Blend weight lambda of the cached mean. 0 = off (bit-identical output). Higher "
-              "= steadier, more uniform features but softer detail; 0.05-0.2 is safe on models not trained with "
-              "the cache (RepVideo's trained gates start at 0.5).", default=0.1, min=0.0, max=1.0, step=0.01),
-        Input("window", "INT", "How many preceding block outputs the mean may hold (RepVideo: 6). Windows never "
-              "cross a resolution change, and an SD1.5 stage has at most 3 outputs, so values >= 3 mean 'the "
-              "whole stage so far'; 1 = only the previous block (the gentlest).", default=6, min=1, max=64),
-        Input("window_mode", "COMBO", "fixed = RepVideo's rule: a window restarts every 'window' outputs (some "
-              "blocks see a short window); sliding = always the last 'window' outputs (smoother, slightly "
-              "stronger).", default="fixed", options=list(WINDOW_MODES)),
-        Input("block_start", "INT", "First block whose input is blended (and from which outputs are cached). "
-              "7 = the second half of the SD1.5 encoder; lower values also touch the high-resolution layers, "
-              "which carry fine detail.", default=7, min=0, max=MAX_BLOCK),
-        Input("block_end", "INT", "Last block whose input is blended; -1 or anything past the model's last "
-              "block = through the last block. 19 stops before SD1.5's last (highest-resolution) decoder "
-              "blocks, which shape fine detail.", default=19, min=-1, max=MAX_BLOCK),
+        Input("strength", "FLOAT", "Blend weight of the cached mean: 0 = off (bit-identical); 0.05-0.2 is safe on "
+                                   "models trained without it.", default=0.1, min=0.0, max=1.0, step=0.01),
+        Input("window", "INT", "How many preceding block outputs the mean may hold (RepVideo: 6); 1 = only the "
+                               "previous block.", default=6, min=1, max=64),
+        Input("window_mode", "COMBO", "fixed = RepVideo's windows, restarting every 'window' outputs; sliding = "
+                                      "always the last 'window' outputs.",
+              default="fixed", options=list(WINDOW_MODES)),
+        Input("block_start", "INT", "First block whose input is blended (SD1.5: 7 = second half of the encoder; "
+                                    "lower touches fine detail).", default=7, min=0, max=MAX_BLOCK),
+        Input("block_end", "INT", "Last block whose input is blended; -1 = through the last. 19 spares SD1.5's "
+                                  "highest-resolution decoder blocks.", default=19, min=-1, max=MAX_BLOCK),
         Input("start_percent", "FLOAT", "Part of the sampling schedule where the cache is active: start, as a "
               "fraction (0 = first, noisiest step).", default=0.0, min=0.0, max=1.0, step=0.01),
-        Input("end_percent", "FLOAT", "End of the active part (1 = the last step). Early steps decide layout and "
-              "motion, where steadier features help; late steps refine detail, which blending softens.",
+        Input("end_percent", "FLOAT", "End of the active part of the schedule (1 = the last step); late steps "
+                                      "refine detail, which blending softens.",
               default=0.6, min=0.0, max=1.0, step=0.01),
         Input("apply_to", "COMBO", "Which guidance branch is blended: both, cond (positive prompt) or uncond "
-              "(negative). Blending one branch only changes the guidance direction as well.", default="both",
+                                   "(negative).", default="both",
               options=list(APPLY_TO)),
-        Input("token_scope", "COMBO", "all tokens, or video tokens only (leaves text tokens that a transformer "
-              "prepends to its sequence untouched). UNets keep text in cross-attention, so both are the same "
-              "there.", default="all", options=list(TOKEN_SCOPES)),
-        Input("preserve_norm", "BOOLEAN", "Rescale each blended feature vector to its original length. Averaging "
-              "shortens vectors, which the next block reads as a weaker signal; on = the blend only changes "
-              "direction (recommended without training).", default=True),
+        Input("token_scope", "COMBO", "all tokens, or video tokens only (text tokens a transformer prepends stay "
+                                      "untouched; the same on UNets).", default="all", options=list(TOKEN_SCOPES)),
+        Input("preserve_norm", "BOOLEAN", "Rescale each blended feature to its original length, so the blend only "
+                                          "changes direction (recommended).", default=True),
     ]
 
 
@@ -139,11 +121,8 @@ def _run_model(model, **knobs):
 # ------------------------------------------------------------------------------ CVD_MODEL
 
 CACHE_TARGET = Input(
-    "cache_target", "COMBO", "What the windows hold on the CVD backbone. layers = whole layer outputs (resnet + "
-    "attention + motion module + cross-view module) per resolution stage, the same rule as on a core MODEL. "
-    "motion_modules = only the motion-module (temporal attention) outputs of consecutive layers of one block, "
-    "blended into the next motion module's input: aims at frame-to-frame steadiness and leaves the spatial "
-    "path untouched, so it is gentler on detail.", default=LAYER_OUTPUTS, options=list(CACHE_TARGETS),
+    "cache_target", "COMBO", "layers = whole layer outputs, as on a core MODEL; motion_modules = only "
+                             "motion-module (temporal) outputs.", default=LAYER_OUTPUTS, options=list(CACHE_TARGETS),
     optional=True)
 """CVD-only input, appended after the shared knobs (optional, so API prompts written before it still run)."""
 
@@ -184,15 +163,12 @@ def _schema(node_id: str, display: str, model_type: str, model_tooltip: str, run
 ENHANCER = _schema(
     "CVD_FeatureCacheEnhancer", "CVD Feature Cache Enhancer (RepVideo)", "MODEL",
     "A core ComfyUI MODEL with an SD-family UNet (SD1.x, SD2.x, SDXL).", _run_model,
-    " Chain it before any sampler (KSampler, SamplerCustom); two enhancers can be chained.")
+    " On a core MODEL (SD1.x/2.x/SDXL UNets); chain it before any sampler.")
 
 ENHANCER_CVD = _schema(
     "CVD_FeatureCacheEnhancerCVD", "CVD Feature Cache Enhancer (RepVideo, CVD model)", CVD_MODEL,
     "The CVD backbone from CVD Load Model.", _run_cvd,
-    " On the CVD backbone a layer is resnet + spatial attention + motion module + cross-view module, and the "
-    "schedule fraction is read from the DDPM timestep (1000 steps). apply_to picks rows of the CVD sampler's "
-    "batches (regional entity rows count as cond). cache_target = motion_modules caches only the temporal "
-    "features.", more_inputs=[CACHE_TARGET])
+    " On the CVD backbone, same knobs; cache_target picks layers or motion modules.", more_inputs=[CACHE_TARGET])
 
 SCHEMAS = [ENHANCER, ENHANCER_CVD]
 

@@ -188,15 +188,15 @@ def check_prefix(filename_prefix):
     return None
 
 
-IMAGES_INPUT = Input("images", "IMAGE", "Frames of all views, view-major: views x frames images (all frames of "
-                     "view 0, then view 1, ...), as the CVD sampler and decoders return them.")
-VIEWS_INPUT = Input("views", "INT", "How many videos the batch holds. 0 = take the count from the connected "
-                    "cameras (1 when none are connected); otherwise it must match them.", default=0, min=0,
+IMAGES_INPUT = Input("images", "IMAGE", "Frames of all views, view-major (all frames of view 0, then view 1, "
+                                        "...), as the sampler and decoders return them.")
+VIEWS_INPUT = Input("views", "INT", "How many videos the batch holds; 0 = the connected cameras' count (1 "
+                                    "without), otherwise it must match them.", default=0, min=0,
                     max=64)
 FPS_INPUT = Input("fps", "FLOAT", "Frame rate of the written videos (CVD and AnimateDiff videos play at 8).",
                   default=8.0, min=0.1, max=240.0, step=0.01)
-CAMERAS_INPUT = Input("cameras", CAMERAS, "Optional camera rig of the views: gives the view count and the labels "
-                      "drawn on the grid, and is returned in the node's ui for the multi-view player.",
+CAMERAS_INPUT = Input("cameras", CAMERAS, "Optional rig of the views: gives the view count and the grid's labels, "
+                                          "and goes to the multi-view player.",
                       optional=True)
 
 
@@ -212,19 +212,14 @@ SAVE_MULTIVIEW_VIDEO = NodeSchema(
     node_id="CVD_SaveMultiViewVideo",
     display_name="CVD Save Multi-View Video",
     category=CATEGORY,
-    description=("Writes one video per view plus a grid video (views tiled and labelled) into ComfyUI's output "
-                 "folder: H.264 mp4, VP9 webm, or PNG frame folders. The prompt and workflow are embedded as "
-                 "metadata (unless ComfyUI runs with --disable-metadata). Files appear together or not at all: "
-                 "a cancelled or failed run leaves no partial file. With cameras connected it also writes "
-                 "<prefix>_<counter>_cameras.json (the rig and its view files: what benchmarks/eval_consistency.py "
-                 "reads). The node shows a poster (frame 0 of the grid) and returns every file under ui/cvd_multiview "
-                 "for the synchronized multi-view player and /history."),
+    description=("Writes one video per view and a labelled grid video (mp4, webm or PNG frames) to the output "
+                 "folder, with the workflow embedded, all files or none; with cameras also the rig as JSON. The "
+                 "node plays the views in sync."),
     inputs=[
         IMAGES_INPUT,
         VIEWS_INPUT,
-        Input("filename_prefix", "STRING", "Output name inside ComfyUI's output folder; may contain subfolders. Files "
-              "are <prefix>_<counter>_v<i>, <prefix>_<counter>_grid, <prefix>_<counter>_poster.png (and "
-              "<prefix>_<counter>_cameras.json with cameras).",
+        Input("filename_prefix", "STRING", "Name inside ComfyUI's output folder (subfolders allowed); files are "
+                                           "<prefix>_<counter>_v<i>, _grid, _poster.png.",
               default=DEFAULT_PREFIX, max_length=200),
         FPS_INPUT,
         Input("format", "COMBO", "mp4 = H.264 (plays everywhere), webm = VP9, png = a folder of lossless PNG frames "
@@ -323,34 +318,27 @@ MULTIVIEW_CONSISTENCY = NodeSchema(
     node_id="CVD_MultiViewConsistency",
     display_name="CVD Multi-View Consistency",
     category=CATEGORY,
-    description=("A number for 'consistent': for every pair of views and evaluated frame, features are matched "
-                 "(SIFT or ORB) and scored by the Sampson epipolar error under the rig's KNOWN fundamental matrices "
-                 "(pixels; small = the views agree with their cameras) and by the RANSAC inlier ratio (one rigid "
-                 "scene at all); plus CVD's paper protocol: the relative pose of each pair estimated from the "
-                 "matches (essential matrix + recoverPose) against the rig, as AUC@5/10/20 degrees of the rotation "
-                 "and translation errors (failures count as infinite error), SuperGlue's precision and matching "
-                 "score, and a Mat.Pix-style matched-pixel count. Frame 0 of CVD rigs (identical cameras) is left "
-                 "out. Returns the full JSON report and a per-frame plot."),
+    description=("Scores how well the views agree with their cameras: Sampson epipolar error and RANSAC inlier "
+                 "ratio of SIFT/ORB matches, and CVD's paper protocol (pose AUC@5/10/20, precision, matching "
+                 "score) with matched pixels. Returns a JSON report and a plot."),
     inputs=[
         IMAGES_INPUT,
-        Input("cameras", CAMERAS, "The rig the views were generated with (its view and frame counts must match the "
-              "images; intrinsics are rescaled if the frames have another size)."),
+        Input("cameras", CAMERAS, "The rig the views were generated with (same views and frames; K is rescaled to "
+                                  "the frame size)."),
         Input("detector", "COMBO", "sift = more accurate matches, orb = faster.", default="sift",
               options=list(DETECTORS)),
         Input("max_frames", "INT", "Evaluate at most this many frames, spread evenly over the video "
               "(0 = every frame).", default=8, min=0, max=1024),
         Input("ransac_thresh", "FLOAT", "RANSAC inlier threshold in pixels for the inlier ratio.", default=1.0,
               min=0.1, max=20.0, step=0.1),
-        Input("pose_estimator", "COMBO", "Essential-matrix estimator of the pose protocol: usac_accurate = RANSAC "
-              "with local optimisation (accurate: measures the videos, not the estimator); ransac = plain RANSAC "
-              "as in SuperGlue's evaluation code that CVD's paper used (noisier by a few degrees).",
+        Input("pose_estimator", "COMBO", "Pose estimator: usac_accurate (RANSAC + local optimisation, default) or "
+                                         "ransac (as CVD's paper, noisier).",
               default="usac_accurate", options=list(ESTIMATORS), optional=True),
     ],
-    outputs=[Output("STRING", "report", "The report as pretty JSON: per pair and frame matches, inlier ratio and "
-                    "Sampson error (px); the pose protocol (rotation / translation error per frame, AUC@5/10/20, "
-                    "precision, matching score) and matched-pixel counts; per-pair and overall summaries."),
-             Output("IMAGE", "plot", "Per frame and view pair: mean Sampson error, and the pose protocol's rotation "
-                    "error with its AUCs and the matched-pixel count, as an IMAGE.")],
+    outputs=[Output("STRING", "report", "The full report as JSON: per pair and frame, the pose protocol, matched "
+                                        "pixels, and summaries."),
+             Output("IMAGE", "plot", "Per frame and view pair: mean Sampson error, rotation error with its AUCs, "
+                                     "and matched pixels.")],
     run=_run_consistency,
     is_output_node=True,
     hidden=("unique_id",),

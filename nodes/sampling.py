@@ -462,7 +462,7 @@ SAMPLER = NodeSchema(
         Input("devices", "STRING", "Where the denoiser rows of each step run. Empty = ComfyUI's device only. A comma "
               "list splits every step's rows across copies of the model, one thread per device, balanced by rows: "
               "cuda:0,cuda:1 (or all = every GPU); cpu,cpu on a CPU-only machine. Add workers to also use the "
-              "torch.distributed workers connected to this server (README: Scaling out). The same seed gives the "
+              "torch.distributed workers connected to this server (docs/scaling.md). The same seed gives the "
               "same videos on any devices, up to float rounding.", default="", optional=True),
         Input("sampler", "SAMPLER", "Optional core sampler (KSampler Select: euler, dpmpp_2m, uni_pc, lcm, ...): the "
               "steps run through it on the connected sigmas, or on this node's ddim/mcm timesteps.", optional=True),

@@ -126,37 +126,32 @@ SCENE_PLAN = NodeSchema(
     display_name="CVD Scene Plan",
     category=CATEGORY,
     description=(
-        "Turns a prompt into a scene plan (C3V's director): a setting plus entities, each with its own prompt, "
-        "motion, 3D box and trajectory. Without an LLM, rules split the prompt (\"a red car drives past a tree "
-        "in a park\" -> car moving left to right, a static tree, scene 'a park') and place the entities in front "
-        "of the cameras. With an LLM: wire 'director_prompt' into any LLM node, then give its answer "
-        "('car: Scale: 0.3, Start: (120,400), End: (400,410), Trajectory: ...') to llm_answer of a SECOND Scene "
-        "Plan node with the same prompt (a graph cannot loop back into the same node); the answer's 2D boxes are "
-        "lifted to 3D by CVD Lift Trajectory 3D. plan_json (a whole plan, e.g. this node's plan_json output, "
-        "edited) replaces the prompt. Notes and warnings appear on the node."),
+        "Turns a prompt into a scene plan (C3V's director): a setting plus entities, each with a prompt, motion, "
+        "3D box and path. Rules split the prompt without a model; or wire director_prompt to an LLM node and its "
+        "answer into llm_answer of a second Scene Plan node. plan_json takes a whole plan."),
     inputs=[
-        Input("prompt", "STRING", "What happens in the video, in plain English: entities joined by 'and', "
-              "'while', commas; motion verbs ('drives past', 'walks from right to left'); a setting ('in a park').",
+        Input("prompt", "STRING", "What happens in the video, in plain English: entities, motions ('drives "
+                                  "past'), a setting ('in a park').",
               default="a red car drives past a tree in a park", multiline=True),
         Input("frames", "INT", "Frames of the video (must equal the cameras' frames per view); every trajectory "
               "is resampled to this many points.", default=16, min=1, max=1024),
-        Input("image_width", "INT", "Width of the reference image an LLM places the entities on (pixels of its "
-              "answer). Also sets the aspect ratio of the rule-based layout.", default=512, min=8, max=8192),
+        Input("image_width", "INT", "Width of the reference image an LLM places the entities on; also the "
+                                    "rule-based layout's aspect ratio.", default=512, min=8, max=8192),
         Input("image_height", "INT", "Height of that reference image (y grows downwards).", default=512, min=8,
               max=8192),
-        Input("path_points", "INT", "Intermediate trajectory points the director prompt asks the LLM for (C3V "
-              "asks step by step: scale, start, end, then these).", default=4, min=1, max=16),
-        Input("plan_json", "STRING", "Optional whole scene plan as JSON (version 1; see the README). When given "
-              "it replaces the prompt; its paths are resampled to 'frames'. Errors name the JSON path.",
+        Input("path_points", "INT", "Intermediate trajectory points the director prompt asks the LLM for, after "
+                                    "scale, start and end.", default=4, min=1, max=16),
+        Input("plan_json", "STRING", "Optional whole scene plan as JSON (version 1); replaces the prompt, its "
+                                     "paths resampled to 'frames'.",
               default="", multiline=True, optional=True),
-        Input("llm_answer", "STRING", "Optional answer of an LLM to the director prompt (text 'id: Scale: ..., "
-              "Start: (x,y), End: (x,y), Trajectory: (x,y), ...' per entity, or JSON). Convert to an input to wire "
-              "an LLM node. Unreadable parts are quoted in the error.", default="", multiline=True, optional=True),
+        Input("llm_answer", "STRING", "Optional LLM answer to the director prompt ('id: Scale: ..., Start: (x,y), "
+                                      "...' or JSON); convert to an input.",
+              default="", multiline=True, optional=True),
     ],
     outputs=[
         Output(SCENE, "scene", "The validated scene plan."),
-        Output("STRING", "director_prompt", "C3V step-by-step director prompt for any LLM node (scale, start, "
-               "end, path points per entity, and the exact answer format)."),
+        Output("STRING", "director_prompt", "C3V's step-by-step director prompt, for any LLM node (it asks for "
+                                            "the exact answer format)."),
         Output("STRING", "plan_json", "The plan as JSON, to inspect, edit and feed back through plan_json."),
     ],
     run=_run_scene_plan,
@@ -211,22 +206,18 @@ LIFT = NodeSchema(
     display_name="CVD Lift Trajectory 3D",
     category=CATEGORY,
     description=(
-        "Lifts the 2D trajectories of a scene plan (an LLM's boxes on the reference image) to 3D, as C3V does: "
-        "per frame the depth under the box's bottom centre (where it touches the ground) is back-projected "
-        "through the reference camera (view 0, frame 0 of the rig, shared by every view), the 3D box stands on "
-        "that point, its height comes from the box scale and it faces the next point. The depth map comes from "
-        "any depth node (Depth Anything, MiDaS, ... on the reference image), or, without one, a flat ground "
-        "below the camera. Entities that are 3D already pass through."),
+        "Lifts a scene plan's 2D boxes (an LLM's, on the reference image) to 3D as C3V does: the depth under each "
+        "box's bottom centre, back-projected through the rig's first camera, places it; each entity faces its "
+        "next point. Depth from any depth node, or a flat ground without one."),
     inputs=[
         Input("scene", SCENE, "The scene plan (from CVD Scene Plan)."),
         Input("cameras", CAMERAS, "The camera rig: its first camera's intrinsics back-project the reference image; "
               "its frame count must equal the plan's."),
-        Input("depth_kind", "COMBO", "How to read the depth map: disparity = bright is near (most ComfyUI depth "
-              "nodes: MiDaS, Depth Anything, Zoe preview), z = depth_scale / value; depth = bright is far, "
-              "z = value x depth_scale. Ignored without a depth map.", default="disparity", options=DEPTH_KINDS),
-        Input("depth_scale", "FLOAT", "Scene units of the depth map: disparity: distance of a pixel of value 1; "
-              "depth: units per value. Without a depth map: the camera's height above the ground. Choose it so "
-              "the entities land about 1-3 units away (CVD's preset cameras look at the point 1 unit ahead).",
+        Input("depth_kind", "COMBO", "disparity = bright is near (most depth nodes), z = depth_scale / value; "
+                                     "depth = bright is far, z = value x scale.",
+              default="disparity", options=DEPTH_KINDS),
+        Input("depth_scale", "FLOAT", "Scene units of the depth map (disparity: distance at value 1), or the "
+                                      "camera height without a depth map.",
               default=1.0, min=0.001, max=1000.0, step=0.01),
         Input("max_depth", "FLOAT", "Distances are capped here (sky or zero disparity under a box would be "
               "infinitely far).", default=100.0, min=0.01, max=100000.0, step=0.1),
@@ -293,12 +284,9 @@ PROJECT = NodeSchema(
     display_name="CVD Project Layout",
     category=CATEGORY,
     description=(
-        "Projects every entity's 3D box through every camera and frame of the rig: per-view MASKs and 2D boxes "
-        "that agree across views by construction (the same 3D box seen by each camera), nearer entities "
-        "occluding farther ones. Masks are MASK batches [views x frames, H, W], view-major like the pack's "
-        "IMAGE batches. For regional prompting with core nodes: CLIPTextEncode(entity_prompt) + "
-        "ConditioningSetMask(entity_mask) per entity (one Project Layout node per 'entity' index), and the scene "
-        "prompt with InvertMask(entities_mask) for the background."),
+        "Projects every entity's 3D box through every camera and frame: per-view MASK batches [views x frames, H, "
+        "W] and 2D boxes that agree across views, nearer entities hiding farther ones; plus the chosen entity's "
+        "mask and prompt, for regional prompting."),
     inputs=[
         Input("scene", SCENE, "A scene plan whose entities have 3D trajectories (rule-based plans, or lifted by "
               "CVD Lift Trajectory 3D)."),
@@ -308,8 +296,8 @@ PROJECT = NodeSchema(
         Input("height", "INT", "Mask height in pixels; 0 = the cameras' height.", default=0, min=0, max=8192),
         Input("occlusion", "BOOLEAN", "Nearer entities hide farther ones, so masks never overlap (off: every "
               "entity's full silhouette; masks may overlap).", default=True),
-        Input("entity", "INT", "Which entity the 'entity_mask' and 'entity_prompt' outputs show: its index in the "
-              "plan (0 = first; the node's notes list them).", default=0, min=0, max=255),
+        Input("entity", "INT", "Which entity 'entity_mask' and 'entity_prompt' show: its index in the plan (0 = "
+                               "first; the notes list them).", default=0, min=0, max=255),
     ],
     outputs=[
         Output(LAYOUT, "layout", "All entities' masks, boxes, depths and draw order (for CVD Layout Preview and "

@@ -60,8 +60,8 @@ LOADER = NodeSchema(
     display_name="CVD Load CV-VAE",
     category=CATEGORY,
     description=("Loads CV-VAE, a video VAE whose latents live in Stable Diffusion's latent space (4x temporal, "
-                 "8x spatial compression). The official weights load unchanged; the variant (z=4 for SD1.x/2.x, "
-                 "z=16 for SD3) is read from config.json or the weights. " + DOWNLOAD_HELP),
+                 "8x spatial compression), from the official files; the variant (z=4 for SD1.x/2.x, z=16 for SD3) "
+                 "is detected. Put the folder vae3d_v1-1 from AILab-CVC/CV-VAE into models/cvvae/."),
     inputs=[
         Input("vae_name", "COMBO", "A CV-VAE folder (config.json + weights) or single file in models/cvvae/.",
               options=cvvae_choices),
@@ -76,16 +76,15 @@ LOADER = NodeSchema(
 # ------------------------------------------------------------------------------ encode / decode
 
 TILING_INPUTS = [
-    Input("tiling", "COMBO", "auto: tiles sized from free memory, smaller tiles on out-of-memory; none: whole "
-          "video at once (most memory); manual: use the three knobs below; official: the reference code's "
-          "16-frame chunks and 576 px tiles.", default="auto", options=TILING_MODES),
-    Input("tile_size", "INT", "Spatial tile edge in pixels (manual; an upper bound in auto). 0 = whole frame. "
-          "Smaller tiles use less memory; seams are blended over the overlap.", default=0, min=0, max=4096, step=8,
+    Input("tiling", "COMBO", "auto = tiles sized from free memory; none = whole video; manual = the knobs below; "
+                             "official = the reference's.", default="auto", options=TILING_MODES),
+    Input("tile_size", "INT", "Spatial tile edge in pixels (manual; a bound in auto); 0 = whole frame. Smaller "
+                              "uses less memory.", default=0, min=0, max=4096, step=8,
           multiple_of=8),
     Input("tile_overlap", "FLOAT", "Fraction of a tile shared with its neighbour (blended). More overlap = fewer "
           "visible seams, more compute.", default=0.25, min=0.0, max=0.5, step=0.05),
-    Input("temporal_chunk", "INT", "Pixel frames per temporal window (multiple of 4; manual, auto uses 16). 0 = "
-          "whole video. Smaller chunks bound memory for long videos.", default=0, min=0, max=1024, step=4,
+    Input("temporal_chunk", "INT", "Pixel frames per temporal window (multiple of 4; manual, auto uses 16); 0 = "
+                                   "whole video.", default=0, min=0, max=1024, step=4,
           multiple_of=4),
 ]
 
@@ -283,8 +282,8 @@ TO_LATENT_FRAMES = NodeSchema(
     inputs=[
         Input("latent", "LATENT", "Image latents, e.g. from VAE Encode or Latent Frames To Image Latents."),
         Input("views", "INT", "How many videos the batch holds (view-major).", default=1, min=1, max=64),
-        Input("scale_factor", "FLOAT", "Latent scaling of the target space (0.18215 for SD1.x/2.x and CV-VAE z=4; "
-              "1.5305 for SD3). Ignored when the latent came from Latent Frames To Image Latents.",
+        Input("scale_factor", "FLOAT", "Latent scale of the target space (0.18215 for SD1.x/2.x and CV-VAE z=4; "
+                                       "1.5305 for SD3).",
               default=0.18215, min=0.0001, max=100.0, step=0.00001),
         Input("shift_factor", "FLOAT", "Latent shift of the target space (0 for SD1.x/2.x; 0.0609 for SD3).",
               default=0.0, min=-10.0, max=10.0, step=0.0001),

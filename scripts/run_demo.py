@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from nodes._model_files import FILES  # noqa: E402
 from tests.support.comfy_harness import ComfyServer, output_files  # noqa: E402
 from tests.support.sample_inputs import EXAMPLES, write_sample_pose_files  # noqa: E402
 from tests.support import models_synthetic_scene as synthetic_views  # noqa: E402
@@ -35,16 +36,9 @@ from tests.support.model_installers import install_test_models  # noqa: E402
 
 PIPELINE = ["cvd_two_views", "cvd_four_views_mcm", "cvd_consistency_report"]
 CAMERA_NODES = ("CVD_CameraTrajectory", "CVD_LoadCameraPoses")
-# ComfyUI model folders the workflows read, and what goes into each (official file names).
-MODEL_FOLDERS = {
-    "checkpoints": "v1-5-pruned-emaonly.safetensors (SD1.5, Hugging Face stable-diffusion-v1-5)",
-    "clip": "clip_l.safetensors (SD1.5's text encoder, OpenAI CLIP ViT-L/14)",
-    "vae": "vae-ft-mse-840000-ema-pruned.safetensors (stabilityai/sd-vae-ft-mse-original)",
-    "animatediff_models": "v3_sd15_mm.ckpt (guoyww/animatediff)",
-    "cvd": "CameraCtrl.ckpt and CVD.ckpt (github.com/CollaborativeVideoDiffusion/CVD)",
-    "mcm": "animatediff-laion/ (adapter folder from yhzhai/mcm)",
-    "loras": "", "cvvae": "",
-}
+# ComfyUI model folders the workflows read (extra_model_paths.yaml); the files themselves and where to get
+# them: nodes/_model_files.py.
+MODEL_FOLDERS = ("checkpoints", "clip", "vae", "animatediff_models", "cvd", "mcm", "loras", "cvvae")
 TINY_NOTICE = ("using tiny random test weights (no real weights installed): the videos are noise; put the official "
                "files into ComfyUI/models/... (checkpoints, clip, vae, animatediff_models, cvd, mcm) and run with "
                "--comfyui-models /path/to/ComfyUI/models to get real videos")
@@ -56,6 +50,14 @@ def write_extra_model_paths(models_dir: Path, target: Path) -> Path:
     lines += [f"    {folder}: {folder}" for folder in MODEL_FOLDERS]
     target.write_text("\n".join(lines) + "\n")
     return target
+
+
+def where_to_get_file(name: str) -> str:
+    """The direct download (or the page) of an official file or folder, from nodes/_model_files.py."""
+    files = [f for f in FILES if f.name == name or f.name.startswith(name + "/")]
+    if not files:
+        return "not an official file: see the README's model table"
+    return ", ".join(f.url or f"no direct download, see {f.page}" for f in files)
 
 
 def missing_model_files(models_dir: Path, prompts) -> list:
@@ -135,10 +137,9 @@ def main() -> int:
     if args.comfyui_models is not None:
         missing = missing_model_files(args.comfyui_models, [p for _, p, _ in prompts])
         if missing:
-            print(f"[demo] {args.comfyui_models} lacks: {', '.join(missing)}. Expected files:", file=sys.stderr)
-            for folder, what in MODEL_FOLDERS.items():
-                if what:
-                    print(f"  models/{folder}/: {what}", file=sys.stderr)
+            print(f"[demo] {args.comfyui_models} lacks: {', '.join(missing)}. Where to get them:", file=sys.stderr)
+            for entry in missing:
+                print(f"  models/{entry}: {where_to_get_file(entry.split('/', 1)[1])}", file=sys.stderr)
             return 2
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """Packaging facts that must stay true: dependency lists agree, README covers every node and the
-two set-up commands, workflows ship in both formats, CI runs the README's test command."""
+two set-up commands, workflows ship in both formats, CI runs the README's test command, the
+library example of docs/api.md runs from the wheel."""
 
 import os
 import re
@@ -79,9 +80,9 @@ def test_root_init_imports_outside_a_package(tmp_path):
     assert int(result.stdout.strip().splitlines()[-1]) > 10
 
 
-def _readme_section_code(heading: str) -> str:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+def _docs_section_code(page: str, heading: str) -> str:
+    text = (ROOT / "docs" / page).read_text()
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -108,9 +109,9 @@ def _build_wheel(out: Path) -> Path:
     return next((out / "dist").glob("*.whl"))
 
 
-def test_pip_install_gives_the_core_library_and_the_readme_example_runs(tmp_path):
+def test_pip_install_gives_the_core_library_and_the_docs_example_runs(tmp_path):
     """`pip install .` installs ``cvd_core`` only (a top-level ``nodes`` would shadow ComfyUI's own); in a
-    clean venv the core imports from the wheel and the README's example runs. The venv gets the test
+    clean venv the core imports from the wheel and the example of docs/api.md runs. The venv gets the test
     venv's packages (torch, ...) appended to its path, after its own site-packages, and runs isolated
     (-I: no PYTHONPATH, no current folder), so ``cvd_core`` can only come from the wheel."""
     import subprocess
@@ -137,7 +138,7 @@ def test_pip_install_gives_the_core_library_and_the_readme_example_runs(tmp_path
     script.write_text("import importlib.util, cvd_core\n"
                       f"assert cvd_core.__file__.startswith({site!r}), cvd_core.__file__\n"
                       "assert importlib.util.find_spec('nodes') is None, 'a top-level nodes package is installed'\n"
-                      + _readme_section_code("Use the core from Python"))
+                      + _docs_section_code("api.md", "Use the core from Python"))
     run = subprocess.run([str(python), "-I", str(script)], cwd=work, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert "[2, 4, 8, 8, 8]" in run.stdout

@@ -6,11 +6,10 @@ poses, every view relative to its own first frame, intrinsics in pixels of the g
 
 from .epipolar import epipolar_attention_bias
 from .geometry import (fundamental_matrix, interpolate_pose, inverse_3x3, inverse_affine, intrinsics_from_fov, look_at_rotation,
-                       pair_fundamentals, plucker_embedding, relative_to_first, resize_crop_intrinsics,
-                       slerp_rotation)
+                       plucker_embedding, relative_to_first, resize_crop_intrinsics, slerp_rotation)
 from .presets import PRESETS, cvd_intrinsics, make_preset_rig, preset_targets, rig_from_json
 from .realestate10k import REALESTATE10K_SOURCE_SIZE, load_realestate10k, parse_pose_rows
-from .rig import CameraError, CameraSet
+from .rig import CameraError, CameraSet, pair_fundamentals
 
 __all__ = [
     "CameraError", "CameraSet",

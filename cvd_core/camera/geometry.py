@@ -8,22 +8,20 @@
   intrinsics for resize-and-crop).
 
 Everything works in the dtype of its inputs; :class:`~cvd_core.camera.rig.CameraSet` stores
-float64, so the geometry is computed in float64 unless a caller converts.
+float64, so the geometry is computed in float64 unless a caller converts. Plain tensors in and out:
+this module imports nothing from :mod:`.rig` (the rig-level helper ``pair_fundamentals`` lives there).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .rig import CameraSet
-
 __all__ = [
-    "skew", "inverse_3x3", "inverse_affine", "relative_to_first", "fundamental_matrix", "pair_fundamentals", "plucker_embedding",
+    "skew", "inverse_3x3", "inverse_affine", "relative_to_first", "fundamental_matrix", "plucker_embedding",
     "resize_crop_intrinsics", "intrinsics_from_fov", "look_at_rotation", "slerp_rotation",
     "interpolate_pose",
 ]
@@ -105,17 +103,6 @@ def fundamental_matrix(c2w_src: torch.Tensor, c2w_tgt: torch.Tensor,
     # epipolar bias treats as "no geometry" (pseudo lines on frame 0).
     same_pose = (c2w_src == c2w_tgt).flatten(-2).all(-1)
     return torch.where(same_pose[..., None, None], torch.zeros_like(F), F)
-
-
-def pair_fundamentals(rig: "CameraSet", src_view: int, tgt_view: int) -> torch.Tensor:
-    """Per-frame F ``[F, 3, 3]`` from ``src_view`` to ``tgt_view`` of a rig (same time index).
-
-    This is what CVD's cross-view attention uses: query frame t of the source view attends to
-    frame t of its partner, with ``x_tgt^T F[t] x_src = 0``.
-    """
-    src = rig.view(src_view)
-    tgt = rig.view(tgt_view)
-    return fundamental_matrix(src.c2w, tgt.c2w, src.K, tgt.K)
 
 
 # --------------------------------------------------------------------------------------- rays

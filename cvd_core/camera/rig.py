@@ -16,9 +16,9 @@ from typing import Any, Dict, Sequence, Tuple
 
 import torch
 
-from .geometry import resize_crop_intrinsics
+from .geometry import fundamental_matrix, resize_crop_intrinsics
 
-__all__ = ["CameraError", "CameraSet"]
+__all__ = ["CameraError", "CameraSet", "pair_fundamentals"]
 
 
 class CameraError(ValueError):
@@ -200,3 +200,14 @@ class CameraSet:
 # Value equality over tensors: unhashable (set after the class body because @dataclass(frozen=True)
 # would otherwise generate a field hash that disagrees with __eq__).
 CameraSet.__hash__ = None  # type: ignore[assignment]
+
+
+def pair_fundamentals(rig: CameraSet, src_view: int, tgt_view: int) -> torch.Tensor:
+    """Per-frame F ``[F, 3, 3]`` from ``src_view`` to ``tgt_view`` of a rig (same time index).
+
+    This is what CVD's cross-view attention uses: query frame t of the source view attends to
+    frame t of its partner, with ``x_tgt^T F[t] x_src = 0``.
+    """
+    src = rig.view(src_view)
+    tgt = rig.view(tgt_view)
+    return fundamental_matrix(src.c2w, tgt.c2w, src.K, tgt.K)

@@ -207,6 +207,7 @@ async function run(context) {
   await page.click(".cvd-player-grid button.cvd-play"); // pause: a steady frame for the picture
   const shots = {};
   shots.multiview_grid = await shootNode(page, config.multiview_node, path.join(config.out_dir, "multiview_grid.png"));
+  report.animation = await captureTimeline(page, shots.multiview_grid.clip);
   shots.rig_view = await shootNode(page, config.rig_node, path.join(config.out_dir, "rig_view.png"));
   shots.background = await shootNode(page, config.rig_node, path.join(config.out_dir, "background.png"), shots.rig_view.clip);
   report.shots = shots;
@@ -707,6 +708,33 @@ async function shootNode(page, nodeId, file, background = null) {
   }, { id: nodeId, clip, background });
   await page.screenshot({ path: file, clip: facts.box });
   return { clip: facts.box, covered: facts.covered, covered_samples: facts.samples };
+}
+
+/**
+ * The paused grid stepped through the shared timeline (every other frame), one screenshot of the same
+ * box per step: the frames of the README's animated picture, and proof that all players follow it.
+ */
+async function captureTimeline(page, clip) {
+  const files = [];
+  for (let frame = 0; frame < config.frames; frame += 2) {
+    await page.evaluate((value) => {
+      const slider = window.__cvdGrid.slider;
+      slider.value = String(value);
+      slider.dispatchEvent(new Event("input", { bubbles: true }));
+      slider.dispatchEvent(new Event("change", { bubbles: true }));
+    }, frame);
+    await settled(page);
+    await animationFrames(page);
+    const file = path.join(config.out_dir, `players_${String(frame).padStart(2, "0")}.png`);
+    await page.screenshot({ path: file, clip });
+    files.push(path.basename(file));
+  }
+  // Where each player sits inside the box, so the check can look at the videos alone.
+  const videos = await page.evaluate((box) => window.__cvdGrid.videos.map((v) => {
+    const r = v.getBoundingClientRect();
+    return [Math.round(r.x - box.x), Math.round(r.y - box.y), Math.round(r.width), Math.round(r.height)];
+  }), clip);
+  return { files, videos };
 }
 
 main().then(() => { writeReport(); }, (error) => {

@@ -310,3 +310,28 @@ def test_relative_to_first_sets_exact_identity():
     moved = world @ rig.c2w
     assert torch.allclose(relative_to_first(moved), rig.c2w, atol=1e-12)
     assert torch.equal(relative_to_first(moved)[:, 0], torch.eye(4, dtype=torch.float64).expand(2, 4, 4))
+
+
+def test_camera_modules_import_no_circle():
+    """The camera package's modules import each other without a cycle (TYPE_CHECKING imports count too)."""
+    import ast
+    from pathlib import Path
+
+    import cvd_core.camera as package
+
+    folder = Path(package.__file__).parent
+    modules = {path.stem: path for path in folder.glob("*.py") if path.stem != "__init__"}
+    edges = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                target = (node.module or "").split(".")[0]
+                imported |= {target} if target else {alias.name for alias in node.names}
+        edges[name] = imported & modules.keys()
+
+    def reaches(start, goal, seen=()):
+        return any(nxt == goal or (nxt not in seen and reaches(nxt, goal, seen + (nxt,))) for nxt in edges[start])
+
+    circles = sorted(name for name in modules if reaches(name, name))
+    assert not circles, f"camera modules in an import circle: {circles} (edges {edges})"

@@ -22,7 +22,12 @@ Timing is judged against the page's own clock (``performance.now()`` read with e
 machine can stall the page for a few hundred milliseconds at any round trip, and the players' loop is
 only 2 s long, so "the clock moved by the time that passed" is checked, not "the clock moved far".
 
-``CVD_SCREENSHOT_DIR=docs/screenshots`` also copies the screenshots there (the README's pictures).
+``test_missing_models_panel_...`` opens shipped workflows on a 0.3.64 server without any model file
+(``tests/browser/missing_models.mjs``) and reads the frontend's Missing Models panel: folders and
+download links come from the workflows' ``properties.models``.
+
+``CVD_SCREENSHOT_DIR=docs/screenshots`` also copies the screenshots there (the docs' pictures) and writes
+``multiview_players.webp``, the players stepped through their timeline (the README's picture).
 ``python -m tests.integration.test_browser --help``: the same checks outside pytest (a running server,
 or the test servers started here; ``--repeat N`` for stability runs).
 """
@@ -222,8 +227,25 @@ def run_browser_check(server, work: Path, ui: str = "legacy") -> dict:
             picture = Image.open(out_dir / name).convert("RGB")
             picture.quantize(colors=128, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
                 target / name, optimize=True)
+        save_players_animation(out_dir, report["animation"], target / "multiview_players.webp")
     report["out_dir"] = out_dir
     return report
+
+
+def save_players_animation(out_dir: Path, animation: dict, target: Path) -> None:
+    """The players stepped through their timeline as a small looping WebP: cropped to the players, their
+    labels and the timeline, at 60 % size; every other frame, so 4 fps keep the 2 s loop."""
+    x0 = min(x for x, _, _, _ in animation["videos"])
+    y0 = min(y for _, y, _, _ in animation["videos"])
+    x1 = max(x + w for x, _, w, _ in animation["videos"])
+    y1 = max(y + h for _, y, _, h in animation["videos"])
+    box = (max(x0 - 4, 0), max(y0 - 18, 0), x1 + 4, y1 + 26)  # the labels above, the timeline below
+    images = []
+    for name in animation["files"]:
+        crop = Image.open(out_dir / name).convert("RGB").crop(box)
+        images.append(crop.resize((round(crop.width * 0.6), round(crop.height * 0.6)), Image.Resampling.LANCZOS))
+    images[0].save(target, save_all=True, append_images=images[1:], duration=int(2000 / FPS), loop=0,
+                   quality=50, method=6)
 
 
 # ------------------------------------------------------------------------------ checks
@@ -363,9 +385,23 @@ def check_screenshots(report: dict) -> None:
         assert _distinct_colours(shot) > 200, f"{name} has too few colours to show videos or a rig"
 
 
+def check_players_animation(report: dict) -> None:
+    """Stepping the shared timeline moves every player: each captured step differs from the one before."""
+    out = Path(report["out_dir"])
+    frames, videos = report["animation"]["files"], report["animation"]["videos"]
+    assert len(frames) == FRAMES // 2 and len(videos) == VIEWS, report["animation"]
+    pictures = [np.asarray(Image.open(out / name).convert("RGB"), dtype=np.int16) for name in frames]
+    for view, (x, y, w, h) in enumerate(videos):
+        assert w > 40 and h > 40 and x >= 0 and y >= 0, f"player {view} is not inside the shot: {videos}"
+        crops = [p[y:y + h, x:x + w] for p in pictures]
+        # The rendered scene moves by several pixels per two frames: a still player changes no pixel.
+        changed = [float((np.abs(a - b).max(axis=-1) > 24).mean()) for a, b in zip(crops, crops[1:])]
+        assert min(changed) > 0.01, f"player {view} did not move with the timeline: changed shares {changed}"
+
+
 CHECKS = [check_extension_registered, check_grid, check_shared_clock, check_scrub, check_rerun, check_resize,
           check_rig_view, check_wheel_zoom, check_progress, check_messages, check_no_pack_deprecations,
-          check_screenshots]
+          check_screenshots, check_players_animation]
 
 
 def check_ui(report: dict, ui: str) -> None:
@@ -451,6 +487,10 @@ def test_node_screenshots_are_not_blank(browser_run):
     check_screenshots(browser_run)
 
 
+def test_stepping_the_timeline_moves_the_players(browser_run):
+    check_players_animation(browser_run)
+
+
 def test_pure_modules_under_node():
     """The extension's DOM-free modules (shared clock, rig geometry, layout) under ``node --test``."""
     if shutil.which("node") is None:
@@ -458,6 +498,92 @@ def test_pure_modules_under_node():
     result = subprocess.run(["node", "--test", "pure_modules.test.mjs"], cwd=BROWSER_DIR, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------ missing models
+
+# Shipped workflows that together use every loader (the pack's and core's) and every official file.
+MISSING_MODEL_WORKFLOWS = ("cvd_four_views_mcm", "cvvae_roundtrip", "sd15_feature_cache")
+# What frontend 1.58.1 counts as a model file name (missingModelScan: isModelFileName).
+MODEL_FILE_ENDINGS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".onnx", ".gguf")
+
+
+def run_missing_models_check(server, work: Path) -> dict:
+    """Open the workflows in ``server``'s frontend and read its Missing Models panel (no clicks on Download)."""
+    ensure_chromium()
+    ensure_playwright()
+    workflows = {name: json.loads((ROOT / "workflows" / f"{name}.json").read_text()) for name in MISSING_MODEL_WORKFLOWS}
+    out_dir = work / "missing-models"
+    config_path = work / "missing_models_config.json"
+    config_path.write_text(json.dumps({"url": server.url, "workflows": workflows, "out_dir": str(out_dir),
+                                       "chromium": str(CHROMIUM)}))
+    result = subprocess.run(["node", str(BROWSER_DIR / "missing_models.mjs"), str(config_path)], cwd=BROWSER_DIR,
+                            capture_output=True, text=True, timeout=180)
+    report_path = out_dir / "missing_models.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    if result.returncode != 0 or not report.get("ok"):
+        raise AssertionError(f"missing-models script failed (exit {result.returncode}): {report.get('error')}\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}\n{server.log_tail(30)}")
+    report["workflows"] = workflows
+    return report
+
+
+def expected_missing_models(workflow: dict):
+    """``({(name, directory, has_download)}, [folder values the panel cannot list])`` for a UI workflow."""
+    from nodes._model_files import LOADER_WIDGETS
+
+    expected, folders = set(), []
+    for node in workflow["nodes"]:
+        entries = {e["name"]: e for e in node["properties"].get("models", [])}
+        for value in node["widgets_values"]:
+            if not isinstance(value, str) or node["type"] not in LOADER_WIDGETS:
+                continue
+            if value in entries and value.lower().endswith(MODEL_FILE_ENDINGS):
+                expected.add((value, entries[value]["directory"], "url" in entries[value]))
+            elif any(name.startswith(value + "/") for name in entries):
+                folders.append(value)
+    return expected, folders
+
+
+@pytest.fixture(scope="module")
+def bare_server_v3(tmp_path_factory):
+    """ComfyUI 0.3.64 with frontend 1.58.1 and the pack, but no model files at all."""
+    from tests.support.comfy_harness import V3_COMFYUI_VERSION, ComfyServer, current_comfyui, shared_dir
+
+    tarball, problems = current_comfyui()
+    if tarball is None or problems:
+        pytest.skip(f"needs ComfyUI {V3_COMFYUI_VERSION} from {shared_dir() / 'comfyui'}: {'; '.join(problems)}")
+    server = ComfyServer.current(tmp_path_factory.mktemp("comfyui-v3-bare"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_missing_models_panel_lists_every_file_with_its_folder_and_download(bare_server_v3, tmp_path):
+    """Each file a workflow's loaders name appears with its own folder (never 'Unknown'); those with a
+    direct link offer Download, CVD.ckpt does not; folder models are not listed (1.58.1 only lists file
+    names: docs/nodes.md says so); nothing is downloaded (every outside request was aborted, none a GET
+    of a model file)."""
+    from tests.support.comfy_harness import FRONTEND_VERSION
+
+    report = run_missing_models_check(bare_server_v3, tmp_path)
+    assert report["frontend_version"] == FRONTEND_VERSION
+    for name, workflow in report["workflows"].items():
+        rows = report["panels"][name]
+        expected, folders = expected_missing_models(workflow)
+        seen = {(r["name"], r["directory"], r["download"] is not None) for r in rows}
+        assert seen == expected, f"{name}: the panel shows {rows}, expected {sorted(expected)}"
+        assert all(r["download"] in (None, f"Download {r['name']}") for r in rows), rows
+        assert not [r for r in rows if r["directory"] in ("Unknown", "")], rows
+        assert not [r for r in rows if r["name"] in folders], f"{name}: a folder model is listed now: update docs/nodes.md"
+    shown = {r["name"] for rows in report["panels"].values() for r in rows}
+    assert {"CVD.ckpt", "CameraCtrl.ckpt", "v3_sd15_mm.ckpt", "clip_l.safetensors"} <= shown, shown
+    model_urls = {e["url"] for w in report["workflows"].values() for n in w["nodes"]
+                  for e in n["properties"].get("models", []) if "url" in e}
+    fetched = [r for r in report["external"] if r["url"] in model_urls and r["method"] != "HEAD"]
+    assert not fetched, f"the page tried to download model files: {fetched}"
 
 
 # ------------------------------------------------------------------------------ any running ComfyUI

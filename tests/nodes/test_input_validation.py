@@ -1,4 +1,4 @@
-"""One check for every input (``nodes/_schema.py``): types converted, never truncated; NaN refused;
+"""One check for every input (``nodes/_schema/``): types converted, never truncated; NaN refused;
 ranges, rule steps, combos, caps and cross-input rules; one message format at validation and at run
 time; wrongly typed raw values refused before ComfyUI converts them."""
 

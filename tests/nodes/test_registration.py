@@ -100,3 +100,61 @@ def test_v3_validator_checks_ranges_combos_and_custom_rules():
     assert validate(None, count=9, mode="a") == "Toy: count must be an integer from 1 to 8, got 9"
     assert validate(None, count=3, mode="a") == "Toy: count must not be 3, got 3"
     assert validate(None, count=None, mode="a") is True  # a linked input: checked when it runs
+
+
+def test_v1_validator_names_every_input_as_comfyui_reads_it():
+    """ComfyUI passes VALIDATE_INPUTS only the inputs ``inspect.getfullargspec`` finds in its parameters."""
+    import inspect
+
+    from nodes._schema import _ABSENT
+
+    for schema in pack_schemas():
+        names = [item.name for item in schema.inputs]
+        spec = inspect.getfullargspec(build_v1(schema).VALIDATE_INPUTS)
+        assert spec.args == ["cls", *names] and spec.varargs is None and spec.varkw is None, (schema.node_id, spec)
+        assert spec.defaults == (_ABSENT,) * len(names), schema.node_id
+    validate = build_v1(_toy_schema()).VALIDATE_INPUTS
+    assert validate() is True  # nothing given: nothing to refuse
+
+
+# Say it once: a tooltip says what the input does in one line, a description what the node is for in a
+# few, a module docstring what the code needs you to know; the explanations live in docs/.
+TOOLTIP_MAX_CHARS, DESCRIPTION_MAX_CHARS, DOCSTRING_MAX_LINES = 120, 320, 30
+# Modules whose texts are still being rewritten: this list only shrinks.
+TEXT_LIMITS_EXEMPT = ["sampling", "mcm"]
+
+
+def _schemas_by_module():
+    import importlib
+
+    import nodes
+
+    for name in nodes.node_modules():
+        if name not in TEXT_LIMITS_EXEMPT:
+            yield name, importlib.import_module(f"nodes.{name}").SCHEMAS
+
+
+def test_tooltips_are_one_line_and_descriptions_a_few():
+    too_long = []
+    for module, schemas in _schemas_by_module():
+        for schema in schemas:
+            if len(schema.description) > DESCRIPTION_MAX_CHARS:
+                too_long.append(f"{module}: {schema.node_id} description ({len(schema.description)} chars)")
+            for item in [*schema.inputs, *schema.outputs]:
+                if len(item.tooltip) > TOOLTIP_MAX_CHARS or "\n" in item.tooltip:
+                    too_long.append(f"{module}: {schema.node_id}.{item.name} tooltip ({len(item.tooltip)} chars)")
+    assert not too_long, "move the detail to docs/nodes.md: " + "; ".join(too_long)
+
+
+def test_module_docstrings_are_short():
+    import ast
+
+    folder = Path(__file__).resolve().parents[2] / "nodes"
+    long = []
+    for path in sorted([*folder.glob("*.py"), *folder.glob("_schema/*.py")]):
+        if path.stem in TEXT_LIMITS_EXEMPT:
+            continue
+        lines = len((ast.get_docstring(ast.parse(path.read_text())) or "").splitlines())
+        if lines > DOCSTRING_MAX_LINES:
+            long.append(f"{path.relative_to(folder.parent)}: {lines} lines")
+    assert not long, f"module docstrings over {DOCSTRING_MAX_LINES} lines: {long}"
