@@ -77,17 +77,14 @@ SCHEDULER = NodeSchema(
     node_id="CVD_MCMScheduler",
     display_name="CVD MCM Scheduler (few-step SIGMAS)",
     category=CATEGORY,
-    description=("MCM's few-step schedule as SIGMAS: the LCM multistep timesteps of MCM (4 steps: 999, 759, 499, "
-                 "259). Feed it to CVD Multi-View Sampler (scheduler mcm), or to the core SamplerCustom with "
-                 "KSamplerSelect(lcm) and cfg 1 for an SD1.5 model with the MCM LoRA merged (CVD MCM LoRA Loader "
-                 "(MODEL)). With 'model' connected and beta_schedule auto, the sigmas come from the model's own "
-                 "table, so the sampler maps them back to exactly these timesteps."),
+    description=("MCM's few-step schedule as SIGMAS (4 steps: timesteps 999, 759, 499, 259) for CVD Multi-View "
+                 "Sampler (scheduler mcm, or a core lcm sampler) or for core SamplerCustom + KSampler Select (lcm) at"
+                 " cfg 1 on an SD1.5 MODEL with the MCM LoRA."),
     inputs=[
         Input("steps", "INT", "Few-step count MCM is distilled for: 1, 2, 4 or 8 (4 recommended).", default=4, min=1,
               max=8),
-        Input("beta_schedule", "COMBO", "Noise schedule of the sigmas. auto: the model's own table when a model is "
-              "connected, else linear (AnimateDiff/CVD, MCM's inference setting). linear: AnimateDiff (ComfyUI's "
-              "sqrt_linear). scaled_linear: SD1.5 / ModelScope.", default="auto", options=BETA_SCHEDULES),
+        Input("beta_schedule", "COMBO", ("auto: the connected model's table, else linear (AnimateDiff/CVD, MCM's "
+                                         "setting). scaled_linear: SD1.5 / ModelScope."), default="auto", options=BETA_SCHEDULES),
         Input("denoise", "FLOAT", "Fraction of MCM's 50-step distillation grid to use (below 1 starts at a lower "
               "noise level, for video-to-video).", default=1.0, min=0.02, max=1.0, step=0.01),
         Input("model", "MODEL", "Optional core MODEL whose sigma table to use (beta_schedule auto).", optional=True),
@@ -241,17 +238,13 @@ LORA_CVD = NodeSchema(
     node_id="CVD_MCMLoraLoader",
     display_name="CVD MCM LoRA Loader (CVD model)",
     category=CATEGORY,
-    description=("Merges an MCM LoRA (PEFT adapter from the Hugging Face repo yhzhai/mcm, e.g. animatediff-laion) "
-                 "into a copy of the CVD model: the SD1.5 spatial layers and the AnimateDiff motion modules, "
-                 "W += strength x B A x alpha/r. The copy shares the weights: it holds the LoRA's low-rank factors as "
-                 "ComfyUI weight patches, applied when ComfyUI loads the model. The input model stays unchanged. "
-                 "Reports how many layers were "
-                 "applied and which were skipped (e.g. layers CVD does not have). Then sample with scheduler mcm, "
-                 "4 steps, cfg 1."),
+    description=("Merges an MCM LoRA (yhzhai/mcm, e.g. animatediff-laion) into a copy of the CVD model as ComfyUI "
+                 "weight patches (spatial layers and motion modules; the weights are shared). Reports applied and "
+                 "skipped layers. Then sample with scheduler mcm, 4 steps, cfg 1."),
     inputs=[
         Input("cvd_model", CVD_MODEL, "The backbone from CVD Load Model."),
-        Input("lora_name", "COMBO", "An MCM adapter: a folder with adapter_config.json + adapter_model.safetensors "
-              "(or the .safetensors alone) in models/mcm or models/loras.", options=adapter_choices),
+        Input("lora_name", "COMBO", ("An MCM adapter folder (adapter_config.json + adapter_model.safetensors) in "
+                                     "models/mcm or models/loras."), options=adapter_choices),
         Input("strength", "FLOAT", "Multiplier of the LoRA delta (1.0 as MCM was trained).", default=1.0, min=-2.0,
               max=2.0, step=0.05),
     ],
@@ -313,10 +306,9 @@ LORA_MODEL = NodeSchema(
     node_id="CVD_MCMLoraLoaderModel",
     display_name="CVD MCM LoRA Loader (MODEL)",
     category=CATEGORY,
-    description=("Applies an MCM LoRA (PEFT adapter, diffusers module paths) to a core ComfyUI MODEL (SD1.5) as "
-                 "weight patches, which ComfyUI's own LoRA loader cannot read. Only the spatial SD1.5 layers apply; "
-                 "motion-module layers are reported as skipped. Sample with CVD MCM Scheduler + SamplerCustom + "
-                 "KSamplerSelect(lcm), cfg 1."),
+    description=("Applies an MCM LoRA (PEFT, diffusers paths, which core's LoRA loader cannot read) to a core SD1.5 "
+                 "MODEL as weight patches; only spatial layers apply. Sample with CVD MCM Scheduler + SamplerCustom +"
+                 " KSampler Select (lcm), cfg 1."),
     inputs=[
         Input("model", "MODEL", "A core SD1.5 MODEL (e.g. from Load Checkpoint)."),
         Input("lora_name", "COMBO", "An MCM adapter folder or file in models/mcm or models/loras.",

@@ -15,7 +15,7 @@ has a batch of V.
 Regional prompts (scene director): connect ``layout`` (CVD Project Layout) and ``entity_prompts``
 (one CONDITIONING per entity, in the layout's entity order, chained with Conditioning Combine).
 Each entity's prompt steers the conditional noise prediction inside its projected mask in every
-view and frame (masked noise-prediction blending, see ``cvd_core.sampling.collaborative``); the
+view and frame (masked noise-prediction blending, see ``cvd_core.sampling.denoiser``); the
 masks are area-resized to the latent size. Each entity adds one set of conditional rows per step.
 """
 
@@ -415,60 +415,45 @@ SAMPLER = NodeSchema(
     node_id="CVD_MultiViewSampler",
     display_name="CVD Multi-View Sampler",
     category=CATEGORY,
-    description=("Generates one video per camera of the rig, all at once and consistent with each other (CVD's "
-                 "collaborative sampling): at every step the views are grouped into pairs, each pair is denoised "
-                 "with cross-view attention along the epipolar lines of its cameras, and each view's prediction is "
-                 "the mean over its pairs. One view = plain CameraCtrl. Output: a 5-D LATENT with one latent frame "
-                 "per video frame; decode with CVD Latent Frames To Image Latents -> VAE Decode (SD1.5 VAE). "
-                 "Per-view prompts: give positive one conditioning per view (Conditioning Combine, in view order). "
-                 "Regional prompts: connect a layout (CVD Project Layout) and entity_prompts (one per entity, in "
-                 "the layout's entity order): each entity's prompt steers the prediction inside its mask in every "
-                 "view and frame; each entity adds one set of conditional denoiser rows per step. With ComfyUI's "
-                 "previews on (--preview-method), each step shows view 0's denoised estimate, all frames as a grid."),
+    description=("One video per camera of the rig, denoised together (CVD): each step pairs the views, runs each pair "
+                 "with epipolar cross-view attention and averages. DDIM or MCM, or any core sampler on the sampler "
+                 "input. Output: a 5-D LATENT; decode with CVD Latent Frames To Image Latents -> VAE Decode."),
     inputs=[
         Input("cvd_model", CVD_MODEL, "The backbone from CVD Load Model (optionally with an MCM LoRA merged)."),
         Input("cameras", CAMERAS, "The camera rig: its views, frames (at most 32; CVD is trained on 16) and image "
-              "size (multiple of 8) define the videos."),
-        Input("positive", "CONDITIONING", "Prompt from CLIP Text Encode with the SD1.5 CLIP (clip_l): one for all "
-              "views, or one per view in view order (Conditioning Combine)."),
+              "size define the videos."),
+        Input("positive", "CONDITIONING", "Prompt (SD1.5 CLIP): one for all views, or one per view in view order."),
         Input("negative", "CONDITIONING", "Negative prompt (one, or one per view). Unused when cfg is 1 (MCM)."),
-        Input("seed", "INT", "Seed of the starting noise, the random pairings and the MCM re-noising. The same seed "
-              "gives the same videos, whatever max_batch.", default=0, min=0, max=2**63 - 1),
+        Input("seed", "INT", "Seed of the start noise, the view pairing and the MCM re-noising; max_batch never "
+              "changes the result.", default=0, min=0, max=2**63 - 1),
         Input("steps", "INT", "Denoising steps: 25 for DDIM (CVD's setting), 1-8 for MCM (4 recommended).",
               default=25, min=1, max=500),
-        Input("cfg", "FLOAT", "Classifier-free guidance scale (CVD: 8.5). Use 1.0 with MCM (guidance is distilled "
-              "into its LoRA; 1.0 also halves the work).", default=8.5, min=1.0, max=30.0, step=0.1),
-        Input("scheduler", "COMBO", "ddim: CVD's DDIM (linear betas, 25 steps). mcm: few-step consistency sampling "
-              "(needs the MCM LoRA merged by CVD MCM LoRA Loader).", default="ddim", options=SCHEDULERS),
-        Input("strategy", "COMBO", "How views are paired each step. random: a fresh random matching every step "
-              "(CVD's default; cost linear in views). all_pairs: every pair every step (quadratic). fixed: the same "
-              "matching throughout.", default="random", options=list(STRATEGIES)),
+        Input("cfg", "FLOAT", "Classifier-free guidance scale (CVD: 8.5). 1.0 with MCM, which also halves the work.",
+              default=8.5, min=1.0, max=30.0, step=0.1),
+        Input("scheduler", "COMBO", "ddim: CVD's DDIM. mcm: few-step consistency sampling (needs the MCM LoRA).",
+              default="ddim", options=SCHEDULERS),
+        Input("strategy", "COMBO", "View pairing per step: random (CVD's default), all_pairs (every pair), fixed.",
+              default="random", options=list(STRATEGIES)),
         Input("recurrence", "INT", "Iterations per step with re-noising in between (CVD's recurrent denoising); "
-              "1 = off. Each one repeats the step's denoiser calls.", default=1, min=1, max=10),
-        Input("max_batch", "INT", "Rows (view x guidance branch) per denoiser call. 0 = auto from free memory. "
-              "Lower it on out-of-memory; results do not depend on it.", default=0, min=0, max=256),
-        Input("denoise", "FLOAT", "Fraction of the schedule to run. Below 1 needs 'latent': it is noised to the "
-              "matching level and denoised from there (video-to-video).", default=1.0, min=0.01, max=1.0, step=0.01),
-        Input("latent", "LATENT", "Optional 5-D start latent [views, 4, frames, h, w] (one latent frame per video "
-              "frame) for denoise below 1.", optional=True),
-        Input("sigmas", "SIGMAS", "Optional schedule from CVD MCM Scheduler (with scheduler = mcm); overrides "
-              "steps and denoise.", optional=True),
-        Input("layout", LAYOUT, "Optional scene layout from CVD Project Layout (same cameras, image size and frames): "
-              "its per-entity masks, resized to the latent size, place entity_prompts. Needs entity_prompts.",
+              "1 = off.", default=1, min=1, max=10),
+        Input("max_batch", "INT", "Rows (view x guidance branch) per denoiser call; 0 = auto. Lower it on out of "
+              "memory.", default=0, min=0, max=256),
+        Input("denoise", "FLOAT", "Fraction of the schedule to run; below 1 needs 'latent' (video-to-video).",
+              default=1.0, min=0.01, max=1.0, step=0.01),
+        Input("latent", "LATENT", "Optional 5-D start latent [views, 4, frames, h, w] for denoise below 1.",
               optional=True),
-        Input("entity_prompts", "CONDITIONING", "Optional prompts, exactly one per layout entity in the layout's "
-              "entity order (chain CLIP Text Encode outputs with Conditioning Combine). Each applies inside its "
-              "entity's mask; the positive prompt applies elsewhere. Needs layout.", optional=True),
-        Input("devices", "STRING", "Where the denoiser rows of each step run. Empty = ComfyUI's device only. A comma "
-              "list splits every step's rows across copies of the model, one thread per device, balanced by rows: "
-              "cuda:0,cuda:1 (or all = every GPU); cpu,cpu on a CPU-only machine. Add workers to also use the "
-              "torch.distributed workers connected to this server (docs/scaling.md). The same seed gives the "
-              "same videos on any devices, up to float rounding.", default="", optional=True),
-        Input("sampler", "SAMPLER", "Optional core sampler (KSampler Select: euler, dpmpp_2m, uni_pc, lcm, ...): the "
-              "steps run through it on the connected sigmas, or on this node's ddim/mcm timesteps.", optional=True),
+        Input("sigmas", "SIGMAS", "Optional schedule (CVD MCM Scheduler with mcm, or CVD Scheduler with a sampler).",
+              optional=True),
+        Input("layout", LAYOUT, "Optional scene layout (CVD Project Layout) placing entity_prompts. Needs "
+              "entity_prompts.", optional=True),
+        Input("entity_prompts", "CONDITIONING", "Optional prompts, one per layout entity in its order. Needs layout.",
+              optional=True),
+        Input("devices", "STRING", "Where each step's rows run: empty = ComfyUI's device; cuda:0,cuda:1, all, cpu,cpu, "
+              "workers (docs/scaling.md).", default="", optional=True),
+        Input("sampler", "SAMPLER", "Optional core sampler (KSampler Select): the steps run through it.",
+              optional=True),
     ],
-    outputs=[Output("LATENT", "latent", "Video latents [views, 4, frames, h, w], scaled (UNet space), one latent "
-                    "frame per video frame.")],
+    outputs=[Output("LATENT", "latent", "Video latents [views, 4, frames, h, w], UNet-scaled, one per video frame.")],
     run=_run_sampler,
     hidden=("unique_id",),
     rules=[_mcm_steps_rule, _denoise_rule, _sigmas_rule, _core_sampler_rule, _regional_rule],

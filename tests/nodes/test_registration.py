@@ -121,7 +121,7 @@ def test_v1_validator_names_every_input_as_comfyui_reads_it():
 # few, a module docstring what the code needs you to know; the explanations live in docs/.
 TOOLTIP_MAX_CHARS, DESCRIPTION_MAX_CHARS, DOCSTRING_MAX_LINES = 120, 320, 30
 # Modules whose texts are still being rewritten: this list only shrinks.
-TEXT_LIMITS_EXEMPT = ["sampling", "mcm"]
+TEXT_LIMITS_EXEMPT = []  # every node module keeps the limits
 
 
 def _schemas_by_module():
