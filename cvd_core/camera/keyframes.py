@@ -132,7 +132,7 @@ def _parse_view(entry: Any, index: int) -> Dict[str, Any]:
 
 
 def _same_start(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
-    return all(a.get(k) == b.get(k) for k in ("position", "target", "roll_deg", "fov_deg"))
+    return all(a.get(k) == b.get(k) for k in ("position", "target", "roll_deg"))  # the pose (fov may differ)
 
 
 def parse_keyframes(data: Any) -> Dict[str, Any]:

@@ -156,3 +156,32 @@ def test_bad_keyframes_name_place_and_rule(change, message):
     change(doc)
     with pytest.raises(CameraError, match=message):
         parse_keyframes(doc)
+
+
+def test_javascript_twin_expands_to_the_same_rig(tmp_path):
+    """web/lib/keyframes.js (the editor's maths) against this module, run under Node (skipped without it;
+    the browser test repeats the comparison in the page, against the server's own rig)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (the browser test installs it)")
+    module = Path(__file__).resolve().parents[2] / "web" / "lib" / "keyframes.js"
+    for shared in (True, False):
+        doc = _doc(shared)
+        if not shared:
+            doc["views"][1]["keyframes"][0]["position"] = [0.1, -0.05, 0]
+        for key in doc["views"][1]["keyframes"]:
+            key["fov_deg"] = 50 + 20 * key["t"]
+        doc["views"][0]["fov_deg"] = 50.0  # view 0 fixed, view 1 keyed: equal at frame 0
+        script = (f"import {{ camerasFromKeyframes }} from {json.dumps(module.as_uri())};\n"
+                  f"console.log(JSON.stringify(camerasFromKeyframes({json.dumps(doc)}, 13, 96, 64)));")
+        (tmp_path / "run.mjs").write_text(script)
+        out = subprocess.run([node, str(tmp_path / "run.mjs")], capture_output=True, text=True, timeout=60, check=True)
+        js = json.loads(out.stdout)
+        rig = rig_from_keyframes(doc, 13, 96, 64)
+        assert js["labels"] == list(rig.labels)
+        assert np.abs(np.array(js["c2w"]) - rig.c2w.numpy()).max() <= TIGHT
+        assert np.abs(np.array(js["K"]) - rig.K.numpy()).max() <= 1e-9  # pixels: focal lengths of ~100
