@@ -13,13 +13,19 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { PlayerGrid, preferredHeight } from "./lib/player_grid.js";
 import { RigView } from "./lib/rig_view.js";
+import { KeyframeEditor } from "./lib/keyframe_editor.js";
+import { isKeyframesForm, keyframesText } from "./lib/keyframes.js";
 
 export const EXTENSION_NAME = "cvd.multiview";
 const MULTIVIEW_NODES = new Set(["CVD_SaveMultiViewVideo", "CVD_PreviewMultiView"]);
 const RIG_NODES = new Set(["CVD_CameraPreview"]);
+const TRAJECTORY_NODES = new Set(["CVD_CameraTrajectory"]);
 const PACK_PREFIX = "CVD_";
 const GRID_WIDGET = "cvd_multiview_players";
 const RIG_WIDGET = "cvd_rig_view";
+const EDITOR_WIDGET = "cvd_camera_editor";
+const CUSTOM_PRESET = "custom_json";
+const KEYFRAMES_ROUTE = "/cvd/keyframes";
 export const MIN_NODE_WIDTH = 420; // a 2 x 2 grid of players stays legible
 
 const MESSAGE_TITLE = "CVD Multi-View";
@@ -171,6 +177,106 @@ export function showRig(node, output) {
   return view;
 }
 
+// ------------------------------------------------------------------------------------ camera path editor
+
+function widgetOf(node, name) {
+  return node.widgets?.find((w) => w.name === name);
+}
+
+/** CVD Camera Trajectory's widget values by name (what POST /cvd/keyframes and the prompt read). */
+function trajectoryValues(node) {
+  const values = {};
+  for (const w of node.widgets ?? []) if (w.name !== EDITOR_WIDGET && w.type !== "cvd_preview") values[w.name] = w.value;
+  return values;
+}
+
+/**
+ * Write a widget as the user would, and let the UI's change tracker take its snapshot (undo). Both
+ * trackers (the legacy UI's undoRedo extension and the current frontend's ChangeTracker) snapshot the
+ * graph on the window's mouseup; the editor's pointer events cancel the browser's own mouse events,
+ * so that mouseup is sent here.
+ */
+function writeWidgets(node, values) {
+  node.cvdWriting = true;
+  try {
+    for (const [name, value] of Object.entries(values)) {
+      const w = widgetOf(node, name);
+      if (!w || w.value === value) continue;
+      w.value = value;
+      w.callback?.(value, app.canvas, node);
+    }
+  } finally {
+    node.cvdWriting = false;
+  }
+  node.setDirtyCanvas?.(true, true);
+  window.dispatchEvent(new MouseEvent("mouseup"));
+}
+
+/** The keyframes the node's settings stand for: custom_json read back here, or the server's conversion. */
+async function editorKeyframes(node) {
+  const values = trajectoryValues(node);
+  if (values.preset === CUSTOM_PRESET) {
+    let data = null;
+    try { data = JSON.parse(values.custom_json); } catch { /* the server's conversion explains the error */ }
+    if (isKeyframesForm(data)) return { doc: data, keyframes: true };
+  }
+  const response = await api.fetchApi(KEYFRAMES_ROUTE, { method: "POST", body: JSON.stringify(values),
+    headers: { "Content-Type": "application/json" } });
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error ?? `HTTP ${response.status}`);
+  return { doc: body.keyframes, keyframes: false };
+}
+
+/** (Re)load the editor from the node's widgets: keyframes open in edit mode, anything else is shown. */
+export async function loadEditor(node) {
+  const editor = widgetOf(node, EDITOR_WIDGET)?.element?.cvdController;
+  if (!editor) return null;
+  const ticket = (node.cvdEditorTicket = (node.cvdEditorTicket ?? 0) + 1);
+  try {
+    const { doc, keyframes } = await editorKeyframes(node);
+    if (ticket === node.cvdEditorTicket) editor.setDoc(doc, { editing: keyframes });
+  } catch (error) {
+    if (ticket === node.cvdEditorTicket) editor.setMessage(`The rig cannot be shown: ${error.message ?? error}`);
+  }
+  return editor;
+}
+
+/** Edit mode: the current rig becomes keyframes in custom_json (preset custom_json). */
+async function startEditing(node) {
+  const editor = widgetOf(node, EDITOR_WIDGET).element.cvdController;
+  const { doc } = await editorKeyframes(node);
+  writeWidgets(node, { preset: CUSTOM_PRESET, custom_json: keyframesText(doc) });
+  editor.setDoc(doc, { editing: true });
+}
+
+export function addCameraEditor(node) {
+  if (widgetOf(node, EDITOR_WIDGET)) return widgetOf(node, EDITOR_WIDGET).element.cvdController;
+  const widget = previewWidget(node, EDITOR_WIDGET, (n) => Math.round(Math.max(260, Math.min(420, n.size[0] * 0.75))));
+  if (!widget) return null;
+  widget.element.dataset.captureWheel = "true";
+  const editor = new KeyframeEditor(widget.element, {
+    frames: () => Number(widgetOf(node, "frames")?.value ?? 16),
+    onChange: (doc) => guarded("Saving the camera path failed", () => writeWidgets(node, { custom_json: keyframesText(doc) })),
+    onEdit: () => startEditing(node).catch((error) => notify("The rig could not be opened for editing", error)),
+  });
+  widget.element.cvdController = editor;
+  // Settings typed into the node re-show the rig (not the editor's own writes).
+  for (const w of node.widgets ?? []) {
+    if (w === widget) continue;
+    const callback = w.callback;
+    w.callback = function () {
+      const result = callback?.apply(this, arguments);
+      if (!node.cvdWriting) {
+        clearTimeout(node.cvdEditorTimer);
+        node.cvdEditorTimer = setTimeout(() => loadEditor(node), 300);
+      }
+      return result;
+    };
+  }
+  fitNode(node);
+  return editor;
+}
+
 // ------------------------------------------------------------------------------------ progress
 
 const progressByNode = new Map();
@@ -244,6 +350,15 @@ const extension = {
       if (MULTIVIEW_NODES.has(name)) {
         chain(nodeType.prototype, "onExecuted", function (output) { showMultiView(this, output); },
           "The multi-view players could not be shown");
+      }
+      if (TRAJECTORY_NODES.has(name)) {
+        chain(nodeType.prototype, "onNodeCreated", function () {
+          addCameraEditor(this);
+          // Widget values arrive after creation (a loaded workflow's configure): load once they are set.
+          setTimeout(() => loadEditor(this), 0);
+        }, "The camera path editor could not be added");
+        chain(nodeType.prototype, "onConfigure", function () { loadEditor(this); },
+          "The camera path editor could not be loaded");
       }
       if (RIG_NODES.has(name)) {
         chain(nodeType.prototype, "onExecuted", function (output) { showRig(this, output); },
