@@ -327,7 +327,8 @@ def _view_fov(K: torch.Tensor, width: int, height: int) -> Optional[float]:
     """None where K is CVD's default, else the horizontal field of view of its first frame."""
     if torch.allclose(K, cvd_intrinsics(width, height).expand_as(K), rtol=0, atol=1e-9):
         return None
-    return math.degrees(2.0 * math.atan(width / (2.0 * float(K[0, 0, 0]))))
+    # Rounded to 1e-9 degrees: K came from a fov (intrinsics_from_fov) and the JSON should say 60, not 59.99999999999999.
+    return round(math.degrees(2.0 * math.atan(width / (2.0 * float(K[0, 0, 0])))), 9)
 
 
 def keyframes_from_rig(rig: CameraSet, key_frames: Sequence[int]) -> Dict[str, Any]:

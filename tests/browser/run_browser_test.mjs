@@ -591,6 +591,12 @@ async function clickEditorButton(page, id, label) {
 
 /** Drag view `view`'s last keyframe (camera position) by (dx, dy) page pixels with the mouse. */
 async function dragLastKey(page, id, view, dx, dy) {
+  // A rebuilt node (after undo) lays its widgets out on the next frames: wait until the editor has a size.
+  await page.waitForFunction((id) => {
+    const editor = widgetElement(id, "cvd_camera_editor")?.cvdController;
+    return editor?.doc && editor.canvas.clientWidth > 50 && editor.canvas.getBoundingClientRect().width > 50;
+  }, id, { timeout: 15000, polling: 100 });
+  await page.evaluate((id) => widgetElement(id, "cvd_camera_editor").cvdController.draw(), id);
   const last = await page.evaluate(({ id, view }) => widgetElement(id, "cvd_camera_editor").cvdController
     .doc.views[view].keyframes.length - 1, { id, view });
   const start = await handlePoint(page, id, view, last, "position");
