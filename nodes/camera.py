@@ -100,7 +100,8 @@ CAMERA_TRAJECTORY = NodeSchema(
               "or \"K\", \"c2w\" or \"w2c\": [4x4 per frame]}]} (see the README), or keyframes "
               "{\"format\": \"cvd_keyframes/1\", \"views\": [{\"keyframes\": [{\"t\", \"position\", \"target\"}]}]} "
               "as the camera path editor writes them (docs/camera_editor.md), expanded to frames.", default="",
-              multiline=True),
+              # JSON, not a prompt: the 2024 UI would otherwise replace every {a|b} (any JSON object) on queueing.
+              multiline=True, extra={"dynamicPrompts": False}),
     ],
     outputs=[Output(CAMERAS, "cameras", "The camera rig: intrinsics and poses of every view and frame.")],
     run=_run_trajectory,

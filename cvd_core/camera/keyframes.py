@@ -48,6 +48,7 @@ __all__ = ["KEYFRAMES_FORMAT", "parse_keyframes", "expand_keyframes", "keyframe_
 KEYFRAMES_FORMAT = "cvd_keyframes/1"
 MAX_VIEWS = 64
 MAX_KEYFRAMES = 256
+MAX_COORDINATE = 1e6
 _DOWN = np.array([0.0, 1.0, 0.0])
 _TOP_KEYS = {"format", "views", "shared_first_frame", "fov_deg"}
 _VIEW_KEYS = {"label", "keyframes", "fov_deg"}
@@ -81,7 +82,8 @@ def _fov(value: Any, where: str) -> Optional[float]:
 def _point(value: Any, where: str) -> List[float]:
     if not isinstance(value, list) or len(value) != 3:
         raise CameraError(f"{where} must be a list of 3 numbers [x, y, z], got {value!r}")
-    return [_number(c, f"{where}[{i}]") for i, c in enumerate(value)]
+    # Bounded so that target - position and the spline's sums cannot overflow to inf (scene units ~ 1).
+    return [_number(c, f"{where}[{i}]", -MAX_COORDINATE, MAX_COORDINATE) for i, c in enumerate(value)]
 
 
 def _unknown(entry: dict, allowed: set, where: str) -> None:

@@ -147,6 +147,7 @@ def test_fov_and_roll():
     (lambda d: d["views"][0]["keyframes"][1].update(target=[-0.3, 0.05, 0.1]), "looks at itself"),
     (lambda d: d["views"][0]["keyframes"][1].update(target=[-0.3, 5, 0.1]), "straight up or down"),
     (lambda d: d["views"][0]["keyframes"][1].update(position=[float("nan"), 0, 0]), "finite"),
+    (lambda d: d["views"][0]["keyframes"][1].update(target=[1e308, 0, 0]), r"target\[0\] must be between"),
     (lambda d: d["views"][0]["keyframes"][1].update(fov_deg=50), "on every keyframe of a view or on none"),
     (lambda d: d["views"][0].update(keyframes=[d["views"][0]["keyframes"][0]]), "2 to 256 keyframes"),
     (lambda d: d["views"][0].update(extra=1), r"unknown keys \['extra'\]"),
