@@ -1,9 +1,10 @@
 // cvd-multiview web extension: synchronized multi-view players, an interactive 3-D rig view, and
-// sampling progress text on the pack's nodes.
+// sampling progress text on the pack's nodes, and the camera path editor on CVD Camera Trajectory.
 //
 // Only extension APIs that both the 2024 legacy UI and the current ComfyUI frontend (1.5x, both canvas
 // modes) provide are used: app.registerExtension, beforeRegisterNodeDef, nodeCreated, node.onExecuted,
-// node.addDOMWidget, node.setSize and api "progress"/"executing" events; the only modules imported are
+// node.onNodeCreated, node.onConfigure, node.addDOMWidget, node.setSize, api.fetchApi and api
+// "progress"/"executing" events; the only modules imported are
 // scripts/app.js and scripts/api.js (the frontend's other legacy modules are deprecated). Every hook is
 // wrapped so that a failure here leaves the node's plain outputs (the poster PNG, the preview image)
 // untouched, and tells the user (a toast where the UI has them). Nothing is stored outside widget
@@ -227,6 +228,24 @@ async function editorKeyframes(node) {
   return { doc: body.keyframes, keyframes: false };
 }
 
+/**
+ * The current frontend's Vue nodes keep showing a DOM widget's element from before an undo (the graph is
+ * reloaded and the node rebuilt, but the node's widget component, keyed by node id and widget name,
+ * stays mounted with the old node's element). Move this node's editor into the element on show, so
+ * the editor the user sees is the one bound to the live node.
+ */
+function adoptShownHost(node, name) {
+  const own = widgetOf(node, name)?.element;
+  if (!own || own.isConnected || node.id == null) return false;
+  const shown = document.querySelector(`.lg-node[data-node-id="${node.id}"] .cvd-host.${name}`);
+  if (!shown || shown === own || shown.cvdController === own.cvdController) return false;
+  guarded("Stopping the previous editor failed", () => shown.cvdController?.dispose());
+  shown.replaceChildren(...own.childNodes);
+  Object.assign(shown.style, { display: own.style.display, flexDirection: own.style.flexDirection });
+  shown.cvdController = own.cvdController;
+  return true;
+}
+
 /** (Re)load the editor from the node's widgets: keyframes open in edit mode, anything else is shown. */
 export async function loadEditor(node) {
   const editor = widgetOf(node, EDITOR_WIDGET)?.element?.cvdController;
@@ -238,6 +257,11 @@ export async function loadEditor(node) {
   } catch (error) {
     if (ticket === node.cvdEditorTicket) editor.setMessage(`The rig cannot be shown: ${error.message ?? error}`);
   }
+  // The node's widgets are on the page a few frames after a graph (re)load.
+  for (let i = 0; i < 20 && !widgetOf(node, EDITOR_WIDGET).element.isConnected && !adoptShownHost(node, EDITOR_WIDGET); i++) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  editor.draw();
   return editor;
 }
 

@@ -592,10 +592,27 @@ async function clickEditorButton(page, id, label) {
 /** Drag view `view`'s last keyframe (camera position) by (dx, dy) page pixels with the mouse. */
 async function dragLastKey(page, id, view, dx, dy) {
   // A rebuilt node (after undo) lays its widgets out on the next frames: wait until the editor has a size.
-  await page.waitForFunction((id) => {
+  const laidOut = await page.waitForFunction((id) => {
     const editor = widgetElement(id, "cvd_camera_editor")?.cvdController;
     return editor?.doc && editor.canvas.clientWidth > 50 && editor.canvas.getBoundingClientRect().width > 50;
-  }, id, { timeout: 15000, polling: 100 });
+  }, id, { timeout: 15000, polling: 100 }).then(() => true, () => false);
+  if (!laidOut) {
+    const state = await page.evaluate((id) => {
+      const host = widgetElement(id, "cvd_camera_editor");
+      const editor = host?.cvdController;
+      const r = editor?.canvas.getBoundingClientRect();
+      return { host: !!host, connected: host?.isConnected, has_doc: !!editor?.doc, canvas_connected: editor?.canvas.isConnected,
+        client: editor?.canvas.clientWidth, rect: r && [r.x, r.y, r.width, r.height], message: editor?.message,
+        host_rect: host && [host.getBoundingClientRect().width, host.getBoundingClientRect().height],
+        hosts_in_page: [...document.querySelectorAll(".cvd-host.cvd_camera_editor")].map((h) => ({
+          ours: h === host, node: h.closest(".lg-node")?.dataset?.nodeId ?? null, has_editor: !!h.cvdController,
+          doc: !!h.cvdController?.doc })),
+        node_widgets: window.app.graph.getNodeById(Number(id)).widgets.map((w) => w.name),
+        vue_node: !!document.querySelector(`.lg-node[data-node-id="${id}"]`),
+        vue_node_html: document.querySelector(`.lg-node[data-node-id="${id}"]`)?.innerHTML?.length ?? 0 };
+    }, id);
+    throw new Error(`the editor was not laid out: ${JSON.stringify(state)}`);
+  }
   await page.evaluate((id) => widgetElement(id, "cvd_camera_editor").cvdController.draw(), id);
   const last = await page.evaluate(({ id, view }) => widgetElement(id, "cvd_camera_editor").cvdController
     .doc.views[view].keyframes.length - 1, { id, view });
