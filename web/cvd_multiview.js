@@ -254,6 +254,7 @@ export async function loadEditor(node) {
   try {
     const { doc, keyframes } = await editorKeyframes(node);
     if (ticket === node.cvdEditorTicket) editor.setDoc(doc, { editing: keyframes });
+    fitNode(node); // a loaded workflow may have sized the node before it had an editor (only grows)
   } catch (error) {
     if (ticket === node.cvdEditorTicket) editor.setMessage(`The rig cannot be shown: ${error.message ?? error}`);
   }
