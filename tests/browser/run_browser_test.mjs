@@ -4,7 +4,7 @@
 //
 // Usage: node run_browser_test.mjs config.json
 //   config: {url, prompt (API format), workflow (UI format), multiview_node, rig_node, views, fps, frames,
-//            out_dir, chromium, expect_first_run_dialog}
+//            out_dir, chromium, expect_first_run_dialog, editor: {node, preview, view, drag, frames, width, height}}
 //
 // One script for the three UIs the pack is tested in: the 2024 legacy UI, and the current frontend in
 // its classic LiteGraph canvas and in Vue nodes mode (the server-side setting is chosen by the caller
