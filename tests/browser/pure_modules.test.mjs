@@ -108,7 +108,7 @@ test("view colours match cvd_core.viz.view_colors and layout helpers are sane", 
 // ------------------------------------------------------------------------------------ keyframes
 
 import { addKeyframe, addView, camerasFromKeyframes, deleteKeyframe, deleteView, duplicateView, expandView,
-  keyframeRotation, moveHandle, quaternion, setSharedFirstFrame } from "../../web/lib/keyframes.js";
+  keyframeRotation, moveHandle, quaternion, setKeyframeValues, setSharedFirstFrame } from "../../web/lib/keyframes.js";
 
 const START = { t: 0, position: [0, 0, 0], target: [0, 0, 1] };
 const DOC = { format: "cvd_keyframes/1", shared_first_frame: true, views: [
@@ -167,4 +167,14 @@ test("editing keeps the frame-0 rule and the clip ends", () => {
   assert.equal(deleteView(DOC, 0).views[0].label, "b");
   assert.throws(() => deleteView(deleteView(DOC, 0), 0), /at least one view/);
   assert.equal(DOC.views.length, 2, "edits return copies");
+});
+
+test("roll and fov edits follow the schema's rules", () => {
+  const rolled = setKeyframeValues(DOC, 1, 0, { roll_deg: 10 });
+  assert.deepEqual(rolled.views.map((v) => v.keyframes[0].roll_deg), [10, 10], "frame 0's roll is shared");
+  const fov = setKeyframeValues(DOC, 0, 1, { fov_deg: 50 });
+  assert.deepEqual(fov.views[0].keyframes.map((k) => k.fov_deg), [50, 50, 50], "a view's fov is keyed on all or none");
+  assert.deepEqual(setKeyframeValues(fov, 0, 2, { fov_deg: 70 }).views[0].keyframes.map((k) => k.fov_deg), [50, 50, 70]);
+  assert.ok(setKeyframeValues(fov, 0, 2, { fov_deg: null }).views[0].keyframes.every((k) => k.fov_deg === undefined));
+  assert.throws(() => setKeyframeValues(DOC, 0, 1, { fov_deg: 180 }), /fov must be in \(0, 180\)/);
 });

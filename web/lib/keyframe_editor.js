@@ -65,6 +65,12 @@ export class KeyframeEditor {
       button("dup view", "Duplicate the selected view (mirrored in x)", () => this.edit((d) => KF.duplicateView(d, this.selected.view))),
       button("− view", "Delete the selected view", () => this.edit((d) => KF.deleteView(d, this.selected.view))),
     ];
+    // Roll and field of view of the selected keyframe (empty: not set; fov then comes from the view or CVD's K).
+    this.rollInput = this.numberInput("roll°", "Roll of the selected keyframe in degrees (positive: clockwise seen from behind)",
+      (value) => this.edit((d) => KF.setKeyframeValues(d, this.selected.view, this.selected.key, { roll_deg: value })));
+    this.fovInput = this.numberInput("fov°", "Horizontal field of view of the selected keyframe in degrees (empty: the view's)",
+      (value) => this.edit((d) => KF.setKeyframeValues(d, this.selected.view, this.selected.key, { fov_deg: value })));
+    this.editTools.push(this.rollInput.label, this.fovInput.label);
     const lock = document.createElement("label");
     Object.assign(lock.style, { font: "11px sans-serif", marginLeft: "4px" });
     this.unlockBox = document.createElement("input");
@@ -86,6 +92,21 @@ export class KeyframeEditor {
     this.resizeObserver = typeof ResizeObserver === "function" ? new ResizeObserver(() => this.draw()) : null;
     this.resizeObserver?.observe(this.canvas);
     this.updateBar();
+  }
+
+  numberInput(text, title, onValue) {
+    const label = document.createElement("label");
+    Object.assign(label.style, { font: "11px sans-serif", marginRight: "3px" });
+    label.title = title;
+    const input = document.createElement("input");
+    input.type = "number";
+    input.step = "1";
+    Object.assign(input.style, { width: "46px", font: "11px sans-serif" });
+    // Keys typed here are the input's, not the graph's shortcuts (Delete would delete the node).
+    for (const type of ["keydown", "keyup", "pointerdown", "wheel"]) input.addEventListener(type, (event) => event.stopPropagation());
+    input.addEventListener("change", () => onValue(input.value.trim() === "" ? null : Number(input.value)));
+    label.append(`${text} `, input);
+    return { label, input };
   }
 
   /** Show `doc` (a parsed cvd_keyframes/1 document); `editing`: with handles. */
@@ -121,6 +142,10 @@ export class KeyframeEditor {
     this.modeButtons.forEach((b, i) => { b.style.fontWeight = MODES[i] === this.mode ? "bold" : "normal"; });
     const unlocked = this.doc && this.doc.shared_first_frame === false;
     this.unlockBox.checked = !!unlocked;
+    const key = this.doc?.views[this.selected.view]?.keyframes[this.selected.key];
+    for (const [field, { input }] of [["roll_deg", this.rollInput], ["fov_deg", this.fovInput]]) {
+      if (document.activeElement !== input) input.value = key?.[field] != null ? String(Math.round(key[field] * 100) / 100) : "";
+    }
     this.status.textContent = this.message || (unlocked ? SHARED_FRAME_WARNING : "");
   }
 
@@ -245,6 +270,7 @@ export class KeyframeEditor {
       const hit = this.hit(x, y);
       if (hit) {
         this.selected = { view: hit.view, key: hit.key };
+        this.updateBar();
         const start = this.doc.views[hit.view].keyframes[hit.key][hit.handle].slice();
         drag = { kind: "handle", x: event.clientX, y: event.clientY, hit, start, base: this.doc };
       } else {

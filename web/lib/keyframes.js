@@ -258,6 +258,34 @@ export function setSharedFirstFrame(doc, shared) {
   return next;
 }
 
+/**
+ * Copy with view v's keyframe k given `roll_deg` and/or `fov_deg` (null removes it). A view's fov is keyed
+ * on all its keyframes or on none: the first fov given is copied to the view's other keyframes, and
+ * removing one removes all. While frame 0 is shared, a first keyframe's roll (part of the pose) is set
+ * in every view.
+ */
+export function setKeyframeValues(doc, v, k, { roll_deg: roll, fov_deg: fov } = {}) {
+  const next = clone(doc);
+  if (roll !== undefined) {
+    if (roll !== null && !(Number.isFinite(roll) && Math.abs(roll) <= 360)) throw new Error(`roll must be between -360 and 360 degrees, got ${roll}`);
+    const views = k === 0 && next.shared_first_frame !== false ? next.views : [next.views[v]];
+    for (const view of views) {
+      if (roll === null) delete view.keyframes[k].roll_deg;
+      else view.keyframes[k].roll_deg = roll;
+    }
+  }
+  if (fov !== undefined) {
+    const keys = next.views[v].keyframes;
+    if (fov === null) keys.forEach((key) => { delete key.fov_deg; });
+    else {
+      if (!(Number.isFinite(fov) && fov > 0 && fov < 180)) throw new Error(`fov must be in (0, 180) degrees, got ${fov}`);
+      if (keys[0].fov_deg == null) keys.forEach((key) => { key.fov_deg = fov; });
+      keys[k].fov_deg = fov;
+    }
+  }
+  return next;
+}
+
 /** Stable JSON text of a document (what the editor writes into custom_json). */
 export function keyframesText(doc) {
   return JSON.stringify(doc);
