@@ -276,7 +276,7 @@ async function startEditing(node) {
 
 export function addCameraEditor(node) {
   if (widgetOf(node, EDITOR_WIDGET)) return widgetOf(node, EDITOR_WIDGET).element.cvdController;
-  const widget = previewWidget(node, EDITOR_WIDGET, (n) => Math.round(Math.max(260, Math.min(420, n.size[0] * 0.75))));
+  const widget = previewWidget(node, EDITOR_WIDGET, (n) => Math.round(Math.max(320, Math.min(480, n.size[0] * 0.85))));
   if (!widget) return null;
   widget.element.dataset.captureWheel = "true";
   const editor = new KeyframeEditor(widget.element, {
