@@ -41,7 +41,7 @@ else:  # imported as a plain module (pytest collecting the repository root)
     from nodes import build_mappings, register_routes  # noqa: E402
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = build_mappings()
-register_routes()  # GET /cvd/memory: model management's view (nothing outside ComfyUI)
+register_routes()  # GET /cvd/memory (model management's view), POST /cvd/keyframes (the camera editor)
 WEB_DIRECTORY = "./web"
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

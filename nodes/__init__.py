@@ -43,10 +43,13 @@ def all_schemas() -> Tuple[List[NodeSchema], Dict[str, str]]:
 
 
 def register_routes() -> bool:
-    """The pack's read-only HTTP routes on ComfyUI's server (``GET /cvd/memory``); False outside ComfyUI."""
+    """The pack's HTTP routes on ComfyUI's server (``GET /cvd/memory``, ``POST /cvd/keyframes``, both without side
+    effects); False outside ComfyUI."""
     from ._managed import register_routes as register_memory_route
+    from .camera import register_keyframes_route
 
-    return register_memory_route()
+    memory = register_memory_route()
+    return register_keyframes_route() and memory
 
 
 def build_mappings(force_v1: bool = False):

@@ -6,12 +6,15 @@ all drawing in ``cvd_core.viz``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cvd_core.camera import CameraError, CameraSet, PRESETS, load_realestate10k, make_preset_rig, rig_from_json
+from cvd_core.camera import (CameraError, CameraSet, PRESETS, load_realestate10k, make_preset_rig,
+                             rig_from_custom_json)
+from cvd_core.camera.keyframes import is_keyframes_form, parse_keyframes
 from cvd_core.guards import require_finite
 from cvd_core.viz import render_epipolar_preview, render_rig_preview
 
@@ -36,7 +39,7 @@ def _run_trajectory(preset, views, frames, width, height, camera_dist, speed, an
                     perturb, perturb_seed, custom_json):
     try:
         if preset == CUSTOM_PRESET:
-            rig = rig_from_json(custom_json, width, height)
+            rig = rig_from_custom_json(custom_json, frames, width, height)
         else:
             rig = make_preset_rig(preset, views, frames, width, height, camera_dist=camera_dist, speed=speed,
                                   angle_deg=angle_deg, perturb_traj=perturb, seed=perturb_seed,
@@ -50,7 +53,19 @@ def _custom_json_rule(preset, custom_json):
     if preset == CUSTOM_PRESET and not custom_json.strip():
         return ("custom_json must hold the camera JSON when preset is custom_json (see docs/cameras.md, 'Custom "
                 "camera JSON'), got ''")
-    return json_problem("custom_json", custom_json) if preset == CUSTOM_PRESET else None
+    if preset != CUSTOM_PRESET:
+        return None
+    problem = json_problem("custom_json", custom_json)
+    if problem is not None:
+        return problem
+    data = json.loads(custom_json)
+    if not is_keyframes_form(data):
+        return None  # the per-frame form is checked when the rig is built
+    try:
+        parse_keyframes(data)  # the keyframes form is checked whole here: HTTP 400 before anything runs
+    except CameraError as exc:
+        return f"custom_json keyframes: {exc}"
+    return None
 
 
 CAMERA_TRAJECTORY = NodeSchema(
@@ -80,8 +95,10 @@ CAMERA_TRAJECTORY = NodeSchema(
         Input("perturb", "FLOAT", "Random offset of each target position (CVD's --cam_perturb_traj), in scene "
               "units; 0 = exact presets.", default=0.0, min=0.0, max=2.0, step=0.01),
         Input("perturb_seed", "INT", "Seed of the random perturbation.", default=0, min=0, max=2**31 - 1),
-        Input("custom_json", "STRING", "The rig as JSON, used when preset is custom_json (format: "
-                                       "docs/cameras.md).", default="", multiline=True),
+        Input("custom_json", "STRING", "The rig as JSON when preset is custom_json: per-frame poses or the path editor's "
+              "keyframes (docs/cameras.md).", default="",
+              # JSON, not a prompt: the 2024 UI would otherwise replace every {a|b} (any JSON object) on queueing.
+              multiline=True, extra={"dynamicPrompts": False}),
     ],
     outputs=[Output(CAMERAS, "cameras", "The camera rig: intrinsics and poses of every view and frame.")],
     run=_run_trajectory,
@@ -234,3 +251,53 @@ EPIPOLAR_PREVIEW = NodeSchema(
 )
 
 SCHEMAS = [CAMERA_TRAJECTORY, LOAD_CAMERA_POSES, CAMERA_PREVIEW, EPIPOLAR_PREVIEW]
+
+
+# ------------------------------------------------------------------------------ camera path editor
+
+KEYFRAMES_ROUTE = "/cvd/keyframes"
+
+
+def editor_keyframes(values) -> tuple:
+    """``(status, body)`` of ``POST /cvd/keyframes``: the keyframes the camera path editor starts from, for
+    CVD Camera Trajectory's widget values (checked by the node's schema first, as a prompt would be)."""
+    from ._schema import check_inputs
+    from cvd_core.camera import keyframes_from_settings
+
+    if not isinstance(values, dict):
+        return 400, {"error": f"the body must be a JSON object of CVD Camera Trajectory's widget values, got "
+                              f"{type(values).__name__}"}
+    names = [item.name for item in CAMERA_TRAJECTORY.inputs]
+    given = {name: values.get(name, CAMERA_TRAJECTORY.input(name).default) for name in names}
+    if given["preset"] != CUSTOM_PRESET:
+        given["custom_json"] = ""  # not used by a preset: whatever it holds must not block the editor
+    converted, problems = check_inputs(CAMERA_TRAJECTORY, given)
+    if problems:
+        return 400, {"error": "; ".join(problems)}
+    try:
+        return 200, {"keyframes": keyframes_from_settings(**converted)}
+    except CameraError as exc:
+        return 400, {"error": str(exc)}
+
+
+def register_keyframes_route() -> bool:
+    """``POST /cvd/keyframes`` on ComfyUI's server (no side effects); False outside ComfyUI."""
+    try:
+        from aiohttp import web
+        from server import PromptServer
+        routes = PromptServer.instance.routes
+    except Exception:
+        return False
+    if any(getattr(route, "path", None) == KEYFRAMES_ROUTE for route in routes):
+        return True  # the pack was imported twice
+
+    @routes.post(KEYFRAMES_ROUTE)
+    async def cvd_keyframes(request):
+        try:
+            values = await request.json()
+        except ValueError as exc:
+            return web.json_response({"error": f"the body must be JSON: {exc}"}, status=400)
+        status, body = editor_keyframes(values)
+        return web.json_response(body, status=status)
+
+    return True

@@ -1,9 +1,10 @@
 // cvd-multiview web extension: synchronized multi-view players, an interactive 3-D rig view, and
-// sampling progress text on the pack's nodes.
+// sampling progress text on the pack's nodes, and the camera path editor on CVD Camera Trajectory.
 //
 // Only extension APIs that both the 2024 legacy UI and the current ComfyUI frontend (1.5x, both canvas
 // modes) provide are used: app.registerExtension, beforeRegisterNodeDef, nodeCreated, node.onExecuted,
-// node.addDOMWidget, node.setSize and api "progress"/"executing" events; the only modules imported are
+// node.onNodeCreated, node.onConfigure, node.addDOMWidget, node.setSize, api.fetchApi and api
+// "progress"/"executing" events; the only modules imported are
 // scripts/app.js and scripts/api.js (the frontend's other legacy modules are deprecated). Every hook is
 // wrapped so that a failure here leaves the node's plain outputs (the poster PNG, the preview image)
 // untouched, and tells the user (a toast where the UI has them). Nothing is stored outside widget
@@ -13,13 +14,19 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { PlayerGrid, preferredHeight } from "./lib/player_grid.js";
 import { RigView } from "./lib/rig_view.js";
+import { KeyframeEditor } from "./lib/keyframe_editor.js";
+import { isKeyframesForm, keyframesText } from "./lib/keyframes.js";
 
 export const EXTENSION_NAME = "cvd.multiview";
 const MULTIVIEW_NODES = new Set(["CVD_SaveMultiViewVideo", "CVD_PreviewMultiView"]);
 const RIG_NODES = new Set(["CVD_CameraPreview"]);
+const TRAJECTORY_NODES = new Set(["CVD_CameraTrajectory"]);
 const PACK_PREFIX = "CVD_";
 const GRID_WIDGET = "cvd_multiview_players";
 const RIG_WIDGET = "cvd_rig_view";
+const EDITOR_WIDGET = "cvd_camera_editor";
+const CUSTOM_PRESET = "custom_json";
+const KEYFRAMES_ROUTE = "/cvd/keyframes";
 export const MIN_NODE_WIDTH = 420; // a 2 x 2 grid of players stays legible
 
 const MESSAGE_TITLE = "CVD Multi-View";
@@ -171,6 +178,130 @@ export function showRig(node, output) {
   return view;
 }
 
+// ------------------------------------------------------------------------------------ camera path editor
+
+function widgetOf(node, name) {
+  return node.widgets?.find((w) => w.name === name);
+}
+
+/** CVD Camera Trajectory's widget values by name (what POST /cvd/keyframes and the prompt read). */
+function trajectoryValues(node) {
+  const values = {};
+  for (const w of node.widgets ?? []) if (w.name !== EDITOR_WIDGET && w.type !== "cvd_preview") values[w.name] = w.value;
+  return values;
+}
+
+/**
+ * Write a widget as the user would, and let the UI's change tracker take its snapshot (undo). Both
+ * trackers (the legacy UI's undoRedo extension and the current frontend's ChangeTracker) snapshot the
+ * graph on the window's mouseup; the editor's pointer events cancel the browser's own mouse events,
+ * so that mouseup is sent here.
+ */
+function writeWidgets(node, values) {
+  node.cvdWriting = true;
+  try {
+    for (const [name, value] of Object.entries(values)) {
+      const w = widgetOf(node, name);
+      if (!w || w.value === value) continue;
+      w.value = value;
+      w.callback?.(value, app.canvas, node);
+    }
+  } finally {
+    node.cvdWriting = false;
+  }
+  node.setDirtyCanvas?.(true, true);
+  window.dispatchEvent(new MouseEvent("mouseup"));
+}
+
+/** The keyframes the node's settings stand for: custom_json read back here, or the server's conversion. */
+async function editorKeyframes(node) {
+  const values = trajectoryValues(node);
+  if (values.preset === CUSTOM_PRESET) {
+    let data = null;
+    try { data = JSON.parse(values.custom_json); } catch { /* the server's conversion explains the error */ }
+    if (isKeyframesForm(data)) return { doc: data, keyframes: true };
+  }
+  const response = await api.fetchApi(KEYFRAMES_ROUTE, { method: "POST", body: JSON.stringify(values),
+    headers: { "Content-Type": "application/json" } });
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error ?? `HTTP ${response.status}`);
+  return { doc: body.keyframes, keyframes: false };
+}
+
+/**
+ * The current frontend's Vue nodes keep showing a DOM widget's element from before an undo (the graph is
+ * reloaded and the node rebuilt, but the node's widget component, keyed by node id and widget name,
+ * stays mounted with the old node's element). Move this node's editor into the element on show, so
+ * the editor the user sees is the one bound to the live node.
+ */
+function adoptShownHost(node, name) {
+  const own = widgetOf(node, name)?.element;
+  if (!own || own.isConnected || node.id == null) return false;
+  const shown = document.querySelector(`.lg-node[data-node-id="${node.id}"] .cvd-host.${name}`);
+  if (!shown || shown === own || shown.cvdController === own.cvdController) return false;
+  guarded("Stopping the previous editor failed", () => shown.cvdController?.dispose());
+  shown.replaceChildren(...own.childNodes);
+  Object.assign(shown.style, { display: own.style.display, flexDirection: own.style.flexDirection });
+  shown.cvdController = own.cvdController;
+  return true;
+}
+
+/** (Re)load the editor from the node's widgets: keyframes open in edit mode, anything else is shown. */
+export async function loadEditor(node) {
+  const editor = widgetOf(node, EDITOR_WIDGET)?.element?.cvdController;
+  if (!editor) return null;
+  const ticket = (node.cvdEditorTicket = (node.cvdEditorTicket ?? 0) + 1);
+  try {
+    const { doc, keyframes } = await editorKeyframes(node);
+    if (ticket === node.cvdEditorTicket) editor.setDoc(doc, { editing: keyframes });
+    fitNode(node); // a loaded workflow may have sized the node before it had an editor (only grows)
+  } catch (error) {
+    if (ticket === node.cvdEditorTicket) editor.setMessage(`The rig cannot be shown: ${error.message ?? error}`);
+  }
+  // The node's widgets are on the page a few frames after a graph (re)load.
+  for (let i = 0; i < 20 && !widgetOf(node, EDITOR_WIDGET).element.isConnected && !adoptShownHost(node, EDITOR_WIDGET); i++) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  editor.draw();
+  return editor;
+}
+
+/** Edit mode: the current rig becomes keyframes in custom_json (preset custom_json). */
+async function startEditing(node) {
+  const editor = widgetOf(node, EDITOR_WIDGET).element.cvdController;
+  const { doc } = await editorKeyframes(node);
+  writeWidgets(node, { preset: CUSTOM_PRESET, custom_json: keyframesText(doc) });
+  editor.setDoc(doc, { editing: true });
+}
+
+export function addCameraEditor(node) {
+  if (widgetOf(node, EDITOR_WIDGET)) return widgetOf(node, EDITOR_WIDGET).element.cvdController;
+  const widget = previewWidget(node, EDITOR_WIDGET, (n) => Math.round(Math.max(320, Math.min(480, n.size[0] * 0.85))));
+  if (!widget) return null;
+  widget.element.dataset.captureWheel = "true";
+  const editor = new KeyframeEditor(widget.element, {
+    frames: () => Number(widgetOf(node, "frames")?.value ?? 16),
+    onChange: (doc) => guarded("Saving the camera path failed", () => writeWidgets(node, { custom_json: keyframesText(doc) })),
+    onEdit: () => startEditing(node).catch((error) => notify("The rig could not be opened for editing", error)),
+  });
+  widget.element.cvdController = editor;
+  // Settings typed into the node re-show the rig (not the editor's own writes).
+  for (const w of node.widgets ?? []) {
+    if (w === widget) continue;
+    const callback = w.callback;
+    w.callback = function () {
+      const result = callback?.apply(this, arguments);
+      if (!node.cvdWriting) {
+        clearTimeout(node.cvdEditorTimer);
+        node.cvdEditorTimer = setTimeout(() => loadEditor(node), 300);
+      }
+      return result;
+    };
+  }
+  fitNode(node);
+  return editor;
+}
+
 // ------------------------------------------------------------------------------------ progress
 
 const progressByNode = new Map();
@@ -244,6 +375,15 @@ const extension = {
       if (MULTIVIEW_NODES.has(name)) {
         chain(nodeType.prototype, "onExecuted", function (output) { showMultiView(this, output); },
           "The multi-view players could not be shown");
+      }
+      if (TRAJECTORY_NODES.has(name)) {
+        chain(nodeType.prototype, "onNodeCreated", function () {
+          addCameraEditor(this);
+          // Widget values arrive after creation (a loaded workflow's configure): load once they are set.
+          setTimeout(() => loadEditor(this), 0);
+        }, "The camera path editor could not be added");
+        chain(nodeType.prototype, "onConfigure", function () { loadEditor(this); },
+          "The camera path editor could not be loaded");
       }
       if (RIG_NODES.has(name)) {
         chain(nodeType.prototype, "onExecuted", function (output) { showRig(this, output); },

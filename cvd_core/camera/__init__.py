@@ -8,6 +8,8 @@ from .epipolar import epipolar_attention_bias
 from .geometry import (fundamental_matrix, interpolate_pose, inverse_3x3, inverse_affine, intrinsics_from_fov, look_at_rotation,
                        plucker_embedding, relative_to_first, resize_crop_intrinsics, slerp_rotation)
 from .presets import PRESETS, cvd_intrinsics, make_preset_rig, preset_targets, rig_from_json
+from .keyframes import (KEYFRAMES_FORMAT, keyframes_from_rig, keyframes_from_settings, parse_keyframes,
+                        rig_from_custom_json, rig_from_keyframes)
 from .realestate10k import REALESTATE10K_SOURCE_SIZE, load_realestate10k, parse_pose_rows
 from .rig import CameraError, CameraSet, pair_fundamentals
 
@@ -18,4 +20,6 @@ __all__ = [
     "resize_crop_intrinsics", "intrinsics_from_fov", "look_at_rotation", "slerp_rotation", "interpolate_pose",
     "PRESETS", "make_preset_rig", "preset_targets", "rig_from_json", "cvd_intrinsics",
     "epipolar_attention_bias",
+    "KEYFRAMES_FORMAT", "parse_keyframes", "rig_from_keyframes", "rig_from_custom_json", "keyframes_from_rig",
+    "keyframes_from_settings",
 ]

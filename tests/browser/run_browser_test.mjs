@@ -4,7 +4,7 @@
 //
 // Usage: node run_browser_test.mjs config.json
 //   config: {url, prompt (API format), workflow (UI format), multiview_node, rig_node, views, fps, frames,
-//            out_dir, chromium, expect_first_run_dialog}
+//            out_dir, chromium, expect_first_run_dialog, editor: {node, preview, view, drag, frames, width, height}}
 //
 // One script for the three UIs the pack is tested in: the 2024 legacy UI, and the current frontend in
 // its classic LiteGraph canvas and in Vue nodes mode (the server-side setting is chosen by the caller
@@ -212,7 +212,15 @@ async function run(context) {
   shots.background = await shootNode(page, config.rig_node, path.join(config.out_dir, "background.png"), shots.rig_view.clip);
   report.shots = shots;
   phase("screenshots");
+  if (config.editor) {
+    report.editor = await editorFacts(page, config.editor);
+    phase("editor_checked");
+  }
   report.deprecations = await deprecationFacts(page);
+  if (config.editor) {
+    report.editor.reload = await editorReloadFacts(page, config.editor, report.editor.final_text);
+    phase("editor_reloaded");
+  }
   report.ok = true;
 }
 
@@ -525,6 +533,200 @@ async function wheelFacts(page, rigNode) {
   return { before: before.zoom, zoomed_in: zoomedIn, zoomed_out: zoomedOut, ...focus,
     canvas_scale_before: before.view.scale, canvas_scale_after: after.scale,
     canvas_moved: after.offset[0] !== before.view.offset[0] || after.offset[1] !== before.view.offset[1] };
+}
+
+// ------------------------------------------------------------------------------ camera path editor
+
+const KEYFRAMES_URL = "/extensions/cvd-multiview/lib/keyframes.js";
+
+/** Scale 1 and node `id` near the top-left of the free canvas area. */
+async function showNode(page, id) {
+  await page.evaluate(({ id, area }) => {
+    const app = window.app;
+    const node = app.graph.getNodeById(Number(id));
+    const title = globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+    const rect = app.canvas.canvas.getBoundingClientRect();
+    const ds = app.canvas.ds;
+    ds.scale = 1;
+    ds.offset[0] = area.left + 16 - rect.left - node.pos[0];
+    ds.offset[1] = area.top + 16 - rect.top + title - node.pos[1];
+    app.canvas.setDirty(true, true);
+    app.canvas.draw(true, true);
+  }, { id, area: report.free_area });
+  await animationFrames(page);
+  await sleep(200);
+}
+
+/** What the editor of the trajectory node shows, and the node's custom_json. */
+async function editorState(page, id) {
+  return page.evaluate((id) => {
+    const node = window.app.graph.getNodeById(Number(id));
+    const value = (name) => node.widgets.find((w) => w.name === name).value;
+    const editor = node.widgets.find((w) => w.name === "cvd_camera_editor")?.element?.cvdController;
+    return { preset: value("preset"), text: value("custom_json"), editing: !!editor?.editing,
+      doc_text: editor?.doc ? JSON.stringify(editor.doc) : null, mode: editor?.mode ?? null };
+  }, id);
+}
+
+/** Page position of a handle of the editor (its canvas box plus the editor's own projection). */
+async function handlePoint(page, id, view, key, handle) {
+  return page.evaluate(({ id, view, key, handle }) => {
+    const editor = widgetElement(id, "cvd_camera_editor").cvdController;
+    const rect = editor.canvas.getBoundingClientRect();
+    const toPage = rect.width / editor.canvas.clientWidth;
+    const [x, y] = editor.handleScreen(view, key, handle);
+    return { x: rect.left + x * toPage, y: rect.top + y * toPage, pixels_per_unit: editor.pixelsPerUnit * editor.zoom,
+      page_per_css: toPage };
+  }, { id, view, key, handle });
+}
+
+async function clickEditorButton(page, id, label) {
+  const box = await page.evaluate(({ id, label }) => {
+    const host = widgetElement(id, "cvd_camera_editor");
+    const b = [...host.querySelectorAll("button")].find((el) => el.textContent === label);
+    const r = b.getBoundingClientRect();
+    return { x: r.x + r.width / 2, y: r.y + r.height / 2 };
+  }, { id, label });
+  await page.mouse.click(box.x, box.y);
+}
+
+/** Drag view `view`'s last keyframe (camera position) by (dx, dy) page pixels with the mouse. */
+async function dragLastKey(page, id, view, dx, dy) {
+  // A rebuilt node (after undo) lays its widgets out on the next frames: wait until the editor has a size.
+  const laidOut = await page.waitForFunction((id) => {
+    const editor = widgetElement(id, "cvd_camera_editor")?.cvdController;
+    return editor?.doc && editor.canvas.clientWidth > 50 && editor.canvas.getBoundingClientRect().width > 50;
+  }, id, { timeout: 15000, polling: 100 }).then(() => true, () => false);
+  if (!laidOut) {
+    const state = await page.evaluate((id) => {
+      const host = widgetElement(id, "cvd_camera_editor");
+      const editor = host?.cvdController;
+      const r = editor?.canvas.getBoundingClientRect();
+      return { host: !!host, connected: host?.isConnected, has_doc: !!editor?.doc, canvas_connected: editor?.canvas.isConnected,
+        client: editor?.canvas.clientWidth, rect: r && [r.x, r.y, r.width, r.height], message: editor?.message,
+        host_rect: host && [host.getBoundingClientRect().width, host.getBoundingClientRect().height],
+        hosts_in_page: [...document.querySelectorAll(".cvd-host.cvd_camera_editor")].map((h) => ({
+          ours: h === host, node: h.closest(".lg-node")?.dataset?.nodeId ?? null, has_editor: !!h.cvdController,
+          doc: !!h.cvdController?.doc })),
+        node_widgets: window.app.graph.getNodeById(Number(id)).widgets.map((w) => w.name),
+        vue_node: !!document.querySelector(`.lg-node[data-node-id="${id}"]`),
+        vue_node_html: document.querySelector(`.lg-node[data-node-id="${id}"]`)?.innerHTML?.length ?? 0 };
+    }, id);
+    throw new Error(`the editor was not laid out: ${JSON.stringify(state)}`);
+  }
+  await page.evaluate((id) => widgetElement(id, "cvd_camera_editor").cvdController.draw(), id);
+  const last = await page.evaluate(({ id, view }) => widgetElement(id, "cvd_camera_editor").cvdController
+    .doc.views[view].keyframes.length - 1, { id, view });
+  const start = await handlePoint(page, id, view, last, "position");
+  await page.mouse.move(start.x, start.y);
+  await page.mouse.down();
+  await page.mouse.move(start.x + dx, start.y + dy, { steps: 6 });
+  await page.mouse.up();
+  await animationFrames(page);
+  return { key: last, start };
+}
+
+/**
+ * The camera path editor on CVD Camera Trajectory, as a user works with it: "Edit path" turns the
+ * node's custom c2w rig into keyframes (custom_json), a mouse drag in the top view moves a keyframe by
+ * a known screen offset, the queued graph's CVD Camera Preview (/history's cvd_cameras, expanded by
+ * the Python) shows the moved path exactly as web/lib/keyframes.js expands it, Ctrl+Z restores the
+ * previous path through the UI's change tracker. A second drag is left for the reload check.
+ */
+async function editorFacts(page, cfg) {
+  const id = cfg.node;
+  await showNode(page, id);
+  await page.waitForFunction((id) => !!widgetElement(id, "cvd_camera_editor")?.cvdController?.doc, id,
+    { timeout: 30000, polling: 100 });
+  const facts = { initial: await editorState(page, id) };
+  await clickEditorButton(page, id, "Edit path");
+  await page.waitForFunction((id) => widgetElement(id, "cvd_camera_editor").cvdController.editing, id, { timeout: 30000 });
+  await clickEditorButton(page, id, "top");
+  await animationFrames(page);
+  const before = await editorState(page, id);
+  facts.opened = before;
+  const [dx, dy] = cfg.drag;
+  const drag = await dragLastKey(page, id, cfg.view, dx, dy);
+  const after = await editorState(page, id);
+  const a = JSON.parse(before.text), b = JSON.parse(after.text);
+  const moved = b.views[cfg.view].keyframes[drag.key].position;
+  const was = a.views[cfg.view].keyframes[drag.key].position;
+  // Everything else must be untouched.
+  const rest = JSON.parse(after.text);
+  rest.views[cfg.view].keyframes[drag.key].position = was;
+  facts.drag = { key: drag.key, pixels_per_unit: drag.start.pixels_per_unit, page_per_css: drag.start.page_per_css,
+    delta: moved.map((c, i) => c - was[i]), moved, others_unchanged: JSON.stringify(rest) === before.text,
+    editor_matches_widget: after.doc_text === after.text };
+  // Queue the graph as it is now (the trajectory and its preview), as the Queue button would.
+  facts.queue = await page.evaluate(async ({ id, preview, frames, width, height, keyframesUrl }) => {
+    const { api } = await import("/scripts/api.js");
+    const KF = await import(keyframesUrl);
+    const { output } = await window.app.graphToPrompt();
+    const prompt = { [id]: output[id], [preview]: output[preview] };
+    const response = await fetch(api.apiURL("/prompt"), { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ prompt, client_id: api.clientId }) });
+    const queued = await response.json();
+    if (response.status !== 200) return { status: response.status, body: queued };
+    let cameras = null;
+    for (let i = 0; i < 600 && !cameras; i++) {
+      const history = await fetch(api.apiURL(`/history/${queued.prompt_id}`)).then((r) => r.json());
+      cameras = history[queued.prompt_id]?.outputs?.[preview]?.cvd_cameras?.[0] ?? null;
+      if (!cameras) await new Promise((r) => setTimeout(r, 100));
+    }
+    if (!cameras) return { status: 200, error: "no cvd_cameras in /history" };
+    const doc = JSON.parse(output[id].inputs.custom_json);
+    const mine = KF.camerasFromKeyframes(doc, frames, width, height);
+    const diff = (x, y) => Math.max(...x.flat(4).map((v, i) => Math.abs(v - y.flat(4)[i])));
+    const last = cameras.c2w[0].length - 1;
+    return { status: 200, frames: cameras.c2w[0].length, views: cameras.c2w.length, labels: cameras.labels,
+      c2w_diff: diff(cameras.c2w, mine.c2w), K_diff: diff(cameras.K, mine.K),
+      prompt_custom_json: output[id].inputs.custom_json,
+      last_translations: cameras.c2w.map((poses) => poses[last].slice(0, 3).map((row) => row[3])) };
+  }, { id, preview: cfg.preview, frames: cfg.frames, width: cfg.width, height: cfg.height, keyframesUrl: KEYFRAMES_URL });
+  facts.queue.prompt_is_widget = facts.queue.prompt_custom_json === after.text;
+  delete facts.queue.prompt_custom_json;
+  facts.moved_text = after.text;
+  facts.before_text = before.text;
+
+  // The editor's picture for the docs (the node's widget only).
+  const shot = await elementBox(page, id, "cvd_camera_editor");
+  await page.screenshot({ path: path.join(config.out_dir, "camera_editor.png"), clip: shot });
+
+  // Undo, as a user: focus off any input, Ctrl+Z; the UI reloads the graph and the editor rebuilds.
+  await page.evaluate(() => document.activeElement?.blur?.());
+  await page.keyboard.press("Control+z");
+  const undone = await page.waitForFunction(({ id, text }) => {
+    const node = window.app.graph.getNodeById(Number(id));
+    const editor = node?.widgets?.find((w) => w.name === "cvd_camera_editor")?.element?.cvdController;
+    return node.widgets.find((w) => w.name === "custom_json").value === text && editor?.doc
+      && JSON.stringify(editor.doc) === text;
+  }, { id, text: before.text }, { timeout: 15000, polling: 100 }).then(() => true, () => false);
+  facts.undo = { restored: undone, state: await editorState(page, id) };
+
+  // A second drag (the same offset) for the reload check.
+  await showNode(page, id);
+  await dragLastKey(page, id, cfg.view, dx, dy);
+  facts.final_text = (await editorState(page, id)).text;
+  facts.second_drag_changed = facts.final_text !== before.text;
+  return facts;
+}
+
+/** Reload the page: the UI restores the workflow; the editor shows the same keyframes. */
+async function editorReloadFacts(page, cfg, expected) {
+  await sleep(1500); // both UIs save the open workflow for reloads on a timer / after a change
+  await page.reload({ waitUntil: "load", timeout: 60000 });
+  await page.waitForFunction(() => window.app?.graph && window.app?.canvas, null, { timeout: 60000 });
+  await settleStartup(page, false);
+  await page.evaluate(() => {
+    window.widgetElement = (id, name) => window.app.graph.getNodeById(Number(id)).widgets
+      .find((w) => w.name === name).element;
+  });
+  const loaded = await page.waitForFunction((id) => !!window.app.graph.getNodeById(Number(id))?.widgets
+    ?.find((w) => w.name === "cvd_camera_editor")?.element?.cvdController?.doc, cfg.node,
+  { timeout: 30000, polling: 100 }).then(() => true, () => false);
+  const state = loaded ? await editorState(page, cfg.node) : null;
+  return { loaded, same_text: state?.text === expected, same_doc: state?.doc_text === expected,
+    editing: state?.editing ?? false };
 }
 
 // ------------------------------------------------------------------------------ sizing, messages

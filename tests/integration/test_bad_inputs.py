@@ -121,3 +121,15 @@ def test_epipolar_preview_view_out_of_range(each_comfy_server):
     message = each_comfy_server.failure_of(prompt)
     assert "view_b must be below the number of views (4)" in message
     assert each_comfy_server.answers()
+
+
+def test_bad_camera_keyframes_are_refused_before_running(each_comfy_server):
+    """The editor's keyframes form is validated with the node (HTTP 400), naming place and rule."""
+    keys = {"format": "cvd_keyframes/1", "views": [
+        {"keyframes": [{"t": 0, "position": [0, 0, 0], "target": [0, 0, 1]},
+                       {"t": 0.5, "position": [0, 0, 0], "target": [0, 0, 1]}]}]}
+    inputs = dict(TRAJECTORY, preset="custom_json", custom_json=json.dumps(keys))
+    answer = _refused(each_comfy_server, _preview_of("CVD_CameraTrajectory", inputs))
+    assert ("custom_json keyframes: views[0].keyframes must start at t = 0 and end at t = 1 (the first and last "
+            "frame), got t = 0.0 ... 0.5") in answer, answer[:2000]
+    assert each_comfy_server.answers()

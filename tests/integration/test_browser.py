@@ -160,7 +160,9 @@ def _distinct_colours(image: Image.Image) -> int:
 UIS = ("legacy", "litegraph", "vue")
 # Where the nodes go: the two previews side by side from graph point (0, 0), which the script puts
 # near the top-left of the canvas area no panel covers; the inputs off to the left, out of the way.
-POSITIONS = {RIG_NODE: [0, 0], MULTIVIEW_NODE: [600, 0], "1": [-900, 0], "3": [-900, 420]}
+POSITIONS = {RIG_NODE: [0, 0], MULTIVIEW_NODE: [600, 0], "1": [-900, 0], "3": [-1400, 0]}
+# The camera path editor check: view 0's last keyframe dragged by this many page pixels in the top view.
+EDITOR_DRAG = (40, -30)
 
 
 def prepare_ui(server, ui: str) -> dict:
@@ -200,7 +202,9 @@ def run_browser_check(server, work: Path, ui: str = "legacy") -> dict:
                                             for k, v in prompt.items()},
               "workflow": workflow, "multiview_node": MULTIVIEW_NODE, "rig_node": RIG_NODE, "views": VIEWS,
               "rerun_seed_node": "1", "fps": FPS, "frames": FRAMES, "out_dir": str(out_dir), "chromium": str(CHROMIUM),
-              "ui": ui, **prepare_ui(server, ui)}
+              "ui": ui, "editor": {"node": "1", "preview": RIG_NODE, "view": 0, "drag": list(EDITOR_DRAG),
+                                   "frames": FRAMES, "width": SIZE, "height": SIZE},
+              **prepare_ui(server, ui)}
     config_path = work / "config.json"
     config_path.write_text(json.dumps(config))
 
@@ -222,7 +226,7 @@ def run_browser_check(server, work: Path, ui: str = "legacy") -> dict:
         target = Path(screenshots)
         target = target if target.is_absolute() else ROOT / target
         target.mkdir(parents=True, exist_ok=True)
-        for name in ("multiview_grid.png", "rig_view.png"):
+        for name in ("multiview_grid.png", "rig_view.png", "camera_editor.png"):
             # 128 colours without dithering: the README pictures stay small in the repository.
             picture = Image.open(out_dir / name).convert("RGB")
             picture.quantize(colors=128, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
@@ -399,9 +403,44 @@ def check_players_animation(report: dict) -> None:
         assert min(changed) > 0.01, f"player {view} did not move with the timeline: changed shares {changed}"
 
 
+def check_camera_editor(report: dict) -> None:
+    """Edit mode turns the custom c2w rig into keyframes; a drag of (dx, dy) page pixels in the top view moves
+    the keyframe by exactly (dx, -dy) / pixels-per-unit in (x, z) (one pixel of rounding allowed) and
+    nothing else; the server's rig (Python expansion, /history) equals the page's (JavaScript); Ctrl+Z
+    brings the previous keyframes back; a reload shows the same keyframes."""
+    editor = report["editor"]
+    assert not editor["initial"]["editing"], f"a c2w rig opened in edit mode: {editor['initial']}"
+    opened = editor["opened"]
+    assert opened["editing"] and opened["preset"] == "custom_json", opened
+    doc = json.loads(opened["text"])
+    assert doc["format"] == "cvd_keyframes/1" and len(doc["views"]) == VIEWS, doc
+    assert [v["label"] for v in doc["views"]] == LABELS
+    drag = editor["drag"]
+    scale = drag["pixels_per_unit"] * drag["page_per_css"]  # page pixels per scene unit
+    expected = [EDITOR_DRAG[0] / scale, 0.0, -EDITOR_DRAG[1] / scale]  # top view: x right, z up the screen
+    error = max(abs(d - e) for d, e in zip(drag["delta"], expected))
+    assert error <= 1.0 / scale and drag["delta"][1] == 0.0, f"the keyframe moved by {drag['delta']}, expected {expected}"
+    assert drag["others_unchanged"] and drag["editor_matches_widget"], drag
+    queue = editor["queue"]
+    assert queue["status"] == 200 and "error" not in queue, queue
+    assert queue["prompt_is_widget"], "the queued prompt did not carry the edited custom_json"
+    assert (queue["views"], queue["frames"], queue["labels"]) == (VIEWS, FRAMES, LABELS), queue
+    # float64 in both languages, a few dozen operations per pose: 1e-9 is a million ulps of headroom.
+    assert queue["c2w_diff"] <= 1e-9 and queue["K_diff"] <= 1e-9, f"Python and JavaScript rigs differ: {queue}"
+    assert max(abs(a - b) for a, b in zip(queue["last_translations"][0], drag["moved"])) <= 1e-9, (
+        f"CVD Camera Preview does not end view 0 at the moved keyframe: {queue['last_translations'][0]} vs {drag['moved']}")
+    assert editor["undo"]["restored"], f"Ctrl+Z did not bring the previous keyframes back: {editor['undo']}"
+    assert editor["second_drag_changed"], "the drag after undo changed nothing"
+    reload = editor["reload"]
+    assert reload["loaded"] and reload["same_text"] and reload["same_doc"] and reload["editing"], (
+        f"after a reload the editor does not show the same keyframes: {reload}")
+    shot = Image.open(Path(report["out_dir"]) / "camera_editor.png")
+    assert _distinct_colours(shot) > 20, "the editor screenshot shows no paths"
+
+
 CHECKS = [check_extension_registered, check_grid, check_shared_clock, check_scrub, check_rerun, check_resize,
           check_rig_view, check_wheel_zoom, check_progress, check_messages, check_no_pack_deprecations,
-          check_screenshots, check_players_animation]
+          check_screenshots, check_players_animation, check_camera_editor]
 
 
 def check_ui(report: dict, ui: str) -> None:
@@ -489,6 +528,10 @@ def test_node_screenshots_are_not_blank(browser_run):
 
 def test_stepping_the_timeline_moves_the_players(browser_run):
     check_players_animation(browser_run)
+
+
+def test_camera_path_editor_drag_queue_undo_reload(browser_run):
+    check_camera_editor(browser_run)
 
 
 def test_pure_modules_under_node():
