@@ -220,8 +220,8 @@ class WorkerPool:
             return None, ""
         answer = _receive_by(channel, deadline)
         if answer is None:
-            return None, (f"no answer to the token challenge within {self.hello_timeout:.0f} s (a worker without "
-                          "CVD_DIST_TOKEN?)")
+            return None, ("no answer to the token challenge: a worker without the token or with another one "
+                          "(CVD_DIST_TOKEN / --token-file must match the server's)")
         if answer.get("type") != "auth" or not auth.verify(self.token, "worker", server_nonce, worker_nonce,
                                                            answer.get("proof")):
             return None, "wrong or missing token (CVD_DIST_TOKEN / --token-file must match the server's)"
