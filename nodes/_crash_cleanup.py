@@ -49,11 +49,21 @@ def sweep_tree(root: str, max_depth: int = MAX_DEPTH, max_entries: int = MAX_ENT
 
 
 def _folders() -> Iterable[str]:
+    """ComfyUI's output and temp folders, also as its command line names them: ComfyUI (2024 and
+    0.3.x) applies ``--output-directory`` / ``--temp-directory`` only after importing custom nodes."""
     for get in (_comfy.output_directory, _comfy.temp_directory):
         try:
             yield get()
         except Exception:  # outside ComfyUI (folder_paths missing): nothing to sweep
             return
+    try:
+        from comfy.cli_args import args
+    except Exception:
+        return
+    if getattr(args, "output_directory", None):
+        yield args.output_directory
+    if getattr(args, "temp_directory", None):
+        yield os.path.join(os.path.abspath(args.temp_directory), "temp")
 
 
 def sweep_at_load() -> SweepReport:
