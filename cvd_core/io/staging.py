@@ -8,7 +8,8 @@ Every output is first written under a hidden staging name in the *same* folder (
     .<name>.cvdstage-<host>-<boot>-<pid>-<start>-<random>.old         a replaced folder, moved aside
     .<name>.cvdstage-<host>-<boot>-<pid>-<start>-<random>.commit      the journal of a running commit
 
-``host`` and ``boot`` are 8 hex digits of a hash of the host name and of the kernel's boot id,
+``host`` and ``boot`` are 8 hex digits of a hash of the host name (with the PID namespace, so
+containers count as hosts of their own) and of the kernel's boot id,
 ``pid`` and ``start`` identify the writing process (its start time in clock ticks since boot, so a
 reused PID is told apart). From the name alone :func:`writer_alive` decides whether the writer still
 runs; :func:`sweep_stale` removes the entries of dead writers, and only those:
@@ -80,29 +81,37 @@ def _boot_id() -> str:
         return ""
 
 
+def _pid_namespace() -> str:
+    """The PID namespace (Linux): containers sharing a folder and a host name see other PIDs."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def process_start(pid: int) -> Optional[int]:
     """Start time of process ``pid`` (clock ticks since boot on Linux, ms since the epoch elsewhere).
 
-    ``None`` when no such process exists; ``-1`` when it exists but its start time cannot be read.
+    ``None`` when no such process runs (a zombie, killed but not yet reaped, counts as gone); ``-1``
+    when it exists but its start time cannot be read.
     """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-        # the command name (field 2) may hold spaces and parentheses: fields follow the last ')'
-        return int(stat[stat.rindex(b")") + 2:].split()[19])
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, IndexError):
-        if os.path.isdir("/proc/self"):
-            return None if not os.path.exists(f"/proc/{pid}") else -1
+    if os.path.isdir("/proc/self"):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                stat = handle.read()
+            # the command name (field 2) may hold spaces and parentheses: fields follow the last ')'
+            fields = stat[stat.rindex(b")") + 2:].split()
+            return None if fields[0] in (b"Z", b"X") else int(fields[19])
+        except (OSError, ValueError, IndexError):  # gone, or hidden by a hidepid mount: kill(pid, 0) tells
+            return None if not _pid_exists(pid) else -1
     try:
         import psutil
-        return int(psutil.Process(pid).create_time() * 1000)
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else int(process.create_time() * 1000)
     except ImportError:
-        pass
+        return None if not _pid_exists(pid) else -1
     except Exception:  # psutil.NoSuchProcess / AccessDenied without importing their names
         return None if not _pid_exists(pid) else -1
-    return None if not _pid_exists(pid) else -1
 
 
 def _pid_exists(pid: int) -> bool:
@@ -135,7 +144,7 @@ def this_writer() -> Writer:
     pid = os.getpid()
     if _SELF.get("pid") != pid:
         start = process_start(pid)
-        _SELF.update(pid=pid, writer=Writer(_hash8(socket.gethostname()), _hash8(_boot_id()), pid,
+        _SELF.update(pid=pid, writer=Writer(_hash8(socket.gethostname() + _pid_namespace()), _hash8(_boot_id()), pid,
                                             max(int(start or 0), 0)))
     return _SELF["writer"]
 

@@ -65,6 +65,14 @@ def test_names_identify_the_writer_and_only_dead_writers_are_stale(tmp_path):
         assert not writer_alive(Writer(host, boot, int(pid), int(start) + 1))  # the PID reused by another process
     finally:
         _kill(sleeper)
+    zombie = _child("from cvd_core.io.staging import this_writer; print(this_writer().tag)")  # exits, not reaped
+    host, boot, pid, start = zombie.stdout.read().strip().split("-")
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}/stat").exists() and b") Z " not in Path(f"/proc/{pid}/stat").read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not writer_alive(Writer(host, boot, int(pid), int(start)))  # killed but not yet reaped: dead
+    _kill(zombie)
     assert writer_alive(Writer("0" * 8 if me.host != "0" * 8 else "1" * 8, me.boot, dead.pid, 1))  # another host
     assert not writer_alive(Writer(me.host, "f" * 8 if me.boot != "f" * 8 else "e" * 8, me.pid, me.start))  # a past boot
 
