@@ -23,7 +23,7 @@ import os
 import threading
 from typing import Optional
 
-from cvd_core.parallel.auth import AuthError, load_token
+from cvd_core.parallel.auth import load_token
 from cvd_core.parallel.cluster import DEFAULT_PORT, WorkerPool
 from cvd_core.parallel.control import parse_address
 from cvd_core.parallel.devices import DeviceSpecError, parse_devices
@@ -89,7 +89,7 @@ def executor_for(cvd_model, model, devices: str):
         return ThreadedExecutor(replicas_for(cvd_model, model, local))
     try:
         pool = worker_pool()
-    except (AuthError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # AuthError is a ValueError, as is a bad CVD_DIST_LISTEN
         raise NodeInputError(f"devices: 'workers': this server cannot listen for workers ({exc})") from None
     if pool is None:
         raise NodeInputError("devices: 'workers' needs this ComfyUI started with CVD_DIST_LISTEN=host:port (e.g. "
