@@ -75,7 +75,7 @@ def sweep_at_load() -> SweepReport:
             total.merge(sweep_tree(root))
         except Exception as exc:
             _comfy.LOG.warning("cvd-multiview: crash cleanup of %s failed: %s", root, exc)
-    if total.scanned:
+    if total.removed or total.completed or total.live:  # quiet when there was nothing to do
         _comfy.LOG.info("cvd-multiview: crash cleanup: %d stale staging entr%s removed, %d output(s) of interrupted "
                         "commits completed, %d entr%s of running writers kept (%d names in %.2f s)",
                         len(total.removed), "y" if len(total.removed) == 1 else "ies", len(total.completed),
