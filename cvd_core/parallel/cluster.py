@@ -8,19 +8,21 @@ challenge-response, :mod:`.auth`), send a heartbeat every few seconds and wait f
 Before a connection has authenticated it gets no job data: it is not in the pool, its lines are
 limited to ``HELLO_MAX_LINE`` bytes, and it is closed after ``hello_timeout`` seconds. At most
 ``max_pending`` connections (``max_pending_per_host`` from one address) may be in that state; more
-are closed at once, so a flood of idle connections cannot exhaust threads or stop a job. Every sampling job that asks for workers builds a **fresh process group** of
-the server (rank 0) and the workers that are idle at that moment (ranks 1..W), keyed by a random
-prefix in a store created for that job (sent only to its authenticated ranks), and destroys both
-at the end. So a worker that died, was restarted or joined late
-simply takes part in the next job; nothing outlives a job but the control connections.
+are closed at once, so a flood of idle connections cannot exhaust threads or stop a job.
+
+Every sampling job that asks for workers builds a **fresh process group** of the server (rank 0)
+and the workers that are idle at that moment (ranks 1..W), keyed by a random prefix in a store
+created for that job (the prefix is sent only to its authenticated ranks), and destroys both at the
+end. So a worker that died, was restarted or joined late simply takes part in the next job; nothing
+outlives a job but the control connections.
 
 Job start (``open_job``), over the control channel:
 1. server -> each worker: ``offer`` (job id, rank, world size, backend, timeout, the model recipe
    and the shapes of the run's tensors);
 2. worker: checks its files against the recipe's hashes, builds (or reuses) the model, answers
    ``ready`` or ``refused`` (with the reason: a missing file, a different hash, ...);
-3. server -> each worker: ``start`` when all are ready (else ``cancel``), then every rank joins
-   the process group.
+3. server: opens the job's store; -> each worker: ``start`` with the store's key prefix when all
+   are ready (else ``cancel``), then every rank joins the process group.
 At the end each worker answers ``finished`` and becomes idle again.
 """
 
