@@ -36,12 +36,13 @@ def _use_own_core() -> None:
 _use_own_core()
 
 if __package__:  # imported as a package, as ComfyUI does
-    from .nodes import build_mappings, register_routes  # noqa: E402
+    from .nodes import build_mappings, register_routes, sweep_crash_leftovers  # noqa: E402
 else:  # imported as a plain module (pytest collecting the repository root)
-    from nodes import build_mappings, register_routes  # noqa: E402
+    from nodes import build_mappings, register_routes, sweep_crash_leftovers  # noqa: E402
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = build_mappings()
 register_routes()  # GET /cvd/memory (model management's view), POST /cvd/keyframes (the camera editor)
+sweep_crash_leftovers()  # what a killed server left half-written (nothing outside ComfyUI)
 WEB_DIRECTORY = "./web"
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -52,6 +52,13 @@ def register_routes() -> bool:
     return register_keyframes_route() and memory
 
 
+def sweep_crash_leftovers():
+    """Remove the staging entries a killed ComfyUI left in its output and temp folders (see _crash_cleanup)."""
+    from ._crash_cleanup import sweep_at_load
+
+    return sweep_at_load()
+
+
 def build_mappings(force_v1: bool = False):
     io = None if force_v1 else load_v3_io()
     schemas, _ = all_schemas()

@@ -11,6 +11,10 @@ group per job). ``CVD_DIST_TIMEOUT`` (s, default 600) bounds every wait for a wo
 ``CVD_DIST_LOAD_TIMEOUT`` (s, default 600) the model loading on the workers, and
 ``CVD_DIST_BACKEND`` (gloo or nccl) overrides the automatic choice (nccl when every rank computes
 on CUDA, gloo otherwise).
+
+Access: ``CVD_DIST_TOKEN`` (or ``CVD_DIST_TOKEN_FILE``) is the shared secret every worker must prove
+it holds; without one the pool listens on a loopback address only, unless ``CVD_DIST_INSECURE=1``.
+See docs/security.md.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import threading
 from typing import Optional
 
+from cvd_core.parallel.auth import load_token
 from cvd_core.parallel.cluster import DEFAULT_PORT, WorkerPool
 from cvd_core.parallel.control import parse_address
 from cvd_core.parallel.devices import DeviceSpecError, parse_devices
@@ -52,7 +57,9 @@ def worker_pool() -> Optional[WorkerPool]:
             host, port = parse_address(listen, DEFAULT_PORT)
             store_port = int(os.environ.get("CVD_DIST_STORE_PORT", "0") or 0) or None
             _POOL = WorkerPool(host, port, store_port,
-                               heartbeat_timeout=_env_seconds("CVD_DIST_HEARTBEAT_TIMEOUT", 30.0)).start()
+                               heartbeat_timeout=_env_seconds("CVD_DIST_HEARTBEAT_TIMEOUT", 30.0),
+                               token=load_token(),
+                               hello_timeout=_env_seconds("CVD_DIST_HELLO_TIMEOUT", 5.0)).start()
         return _POOL
 
 
@@ -80,7 +87,10 @@ def executor_for(cvd_model, model, devices: str):
         if local == [model.device]:
             return None
         return ThreadedExecutor(replicas_for(cvd_model, model, local))
-    pool = worker_pool()
+    try:
+        pool = worker_pool()
+    except (ValueError, OSError) as exc:  # AuthError is a ValueError, as is a bad CVD_DIST_LISTEN
+        raise NodeInputError(f"devices: 'workers': this server cannot listen for workers ({exc})") from None
     if pool is None:
         raise NodeInputError("devices: 'workers' needs this ComfyUI started with CVD_DIST_LISTEN=host:port (e.g. "
                              "0.0.0.0:29650) and workers started with python -m cvd_core.parallel.worker; see "

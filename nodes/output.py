@@ -39,7 +39,7 @@ import torch
 from cvd_core.camera import CameraError
 from cvd_core.io import FORMATS, frames_from_image_batch, make_grid_frames, write_multiview
 from cvd_core.guards import require_finite
-from cvd_core.io.atomic import StagedOutputs
+from cvd_core.io.staging import StagedOutputs
 from cvd_core.metrics import (DETECTORS, ESTIMATORS, format_consistency_summary, multiview_report,
                               render_consistency_plot)
 
@@ -149,18 +149,19 @@ def _save_multiview(images, views, cameras, prefix: str, fps, format, quality, s
     grid_labels = _grid_labels(labels)
     poster_name = f"{base}_poster.png"
     cameras_name = f"{base}{CAMERAS_SUFFIX}" if rig is not None and kind == "output" else None
+    # One commit for the whole set; the poster and the sidecar, which name the videos, are renamed last.
     with StagedOutputs(folder) as staged:
-        _write_poster(staged.stage(poster_name), frames, grid_labels, metadata)
+        _write_poster(staged.stage(poster_name, last=True), frames, grid_labels, metadata)
         if cameras_name is not None:
             staged.check_free(cameras_name)  # fail before any encoding work
         try:
             written = write_multiview(frames, folder, lambda key: f"{base}_{key}" if key == "grid" else f"{base}_v{key}",
                                       fps=fps, format=format, quality=quality, labels=grid_labels, metadata=metadata,
-                                      write_grid=save_grid, progress=_comfy.progress_bar(unique_id))
+                                      write_grid=save_grid, progress=_comfy.progress_bar(unique_id), staged=staged)
         except ValueError as exc:
             raise NodeInputError(str(exc)) from None
         if cameras_name is not None:
-            _write_cameras_sidecar(staged.stage(cameras_name), written, labels, rig, n_frames)
+            _write_cameras_sidecar(staged.stage(cameras_name, last=True), written, labels, rig, n_frames)
         staged.commit()
     view_entries = [_file_entry(w, labels[w["view"]], subfolder, kind) for w in written if w["view"] != "grid"]
     grid_entries = [_file_entry(w, "grid", subfolder, kind) for w in written if w["view"] == "grid"]

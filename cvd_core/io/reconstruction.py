@@ -1,7 +1,7 @@
 """Hand generated multi-view videos to 3-D reconstruction: a nerfstudio dataset and a COLMAP model.
 
 One export is one folder, created atomically (staged under a hidden name, renamed when complete;
-an error or a cancel leaves nothing, see :mod:`cvd_core.io.atomic`)::
+an error or a cancel leaves nothing, see :mod:`cvd_core.io.staging`)::
 
     <name>/                      scope "whole_video": every view and frame in one dataset
       images/v00_t0000.png ...   frame t of view v (png lossless, or jpg quality 95)
@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..progress import Progress, ensure_progress
-from .atomic import StagedOutputs
+from .staging import StagedOutputs
 from .colmap import camera_ids, check_pinhole, write_colmap_text
 from .frames import check_multiview_frames, to_uint8
 from .nerfstudio import nerfstudio_transforms, write_nerfstudio_transforms

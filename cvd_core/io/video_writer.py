@@ -20,7 +20,7 @@ and into PNG text chunks of every frame, as ComfyUI's own savers do. :func:`read
 reads it back with lower-case keys.
 
 Atomicity: everything is written under hidden temporary names in ``out_dir`` and renamed only when
-all outputs are complete (see :mod:`cvd_core.io.atomic`); an exception or a cancel raised from
+all outputs are complete (see :mod:`cvd_core.io.staging`); an exception or a cancel raised from
 ``progress.advance`` leaves no file behind.
 """
 
@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ..progress import Progress, ensure_progress
-from .atomic import StagedOutputs
+from .staging import StagedOutputs
 from .frames import check_multiview_frames, to_uint8
 from .grid import GridComposer
 
@@ -223,6 +223,38 @@ def _encode(sink, frames_uint8: Callable[[int], np.ndarray], count: int, progres
         raise
 
 
+def _write_staged(staged: StagedOutputs, array: np.ndarray, names, grid, format: str, rate: Fraction,
+                  quality: float, tags: dict, progress: Progress) -> list[dict]:
+    """Encode every output into ``staged`` (not committed); the result dicts name the final paths."""
+    steps, height, width = array.shape[1:4]
+    for name in (name for _, name in names):
+        staged.check_free(name)  # fail before any encoding work
+    results = []
+    for key, name in names:
+        progress.check()
+        temporary = staged.stage(name, folder=(format == "png"))
+        if key == "grid":
+            out_height, out_width = grid.height, grid.width
+            source = lambda t: grid.compose(to_uint8(array[:, t]))  # noqa: E731
+        else:
+            out_height, out_width = height, width
+            source = lambda t, v=key: to_uint8(array[v, t])  # noqa: E731
+        sink = _open_sink(temporary, format, out_width, out_height, rate, quality, tags)
+        _encode(sink, source, steps, progress)
+        results.append({
+            "view": key,
+            "path": staged.final_path(name),
+            "filename": name,
+            "format": format,
+            "frames": steps,
+            "width": sink.width,
+            "height": sink.height,
+            "fps": float(rate),
+            "padded": (sink.width, sink.height) != (out_width, out_height),
+        })
+    return results
+
+
 def write_multiview(
     frames: Any,
     out_dir: str,
@@ -235,6 +267,7 @@ def write_multiview(
     write_grid: bool = True,
     progress: Optional[Progress] = None,
     overwrite: bool = False,
+    staged: Optional[StagedOutputs] = None,
 ) -> list[dict]:
     """Write one video per view (and a labelled grid video) and return what was written.
 
@@ -251,6 +284,9 @@ def write_multiview(
         write_grid: also write the tiled grid video.
         progress: advanced once per encoded frame; raising from it cancels and removes everything.
         overwrite: replace existing outputs of the same name instead of raising ``FileExistsError``.
+        staged: stage the outputs into this open :class:`StagedOutputs` of ``out_dir`` and leave the
+            commit to its owner (so that other files, such as a poster, join the same commit);
+            ``None``: a commit of their own before returning.
 
     Returns:
         One dict per output, views first then the grid: ``view`` (int or ``"grid"``), ``path``
@@ -272,33 +308,13 @@ def write_multiview(
     progress = ensure_progress(progress)
     progress.start(len(names) * steps)
     os.makedirs(out_dir, exist_ok=True)
-    results = []
-    with StagedOutputs(out_dir, overwrite=overwrite) as staged:
-        for name in (name for _, name in names):
-            staged.check_free(name)  # fail before any encoding work
-        for key, name in names:
-            progress.check()
-            temporary = staged.stage(name, folder=(format == "png"))
-            if key == "grid":
-                out_height, out_width = grid.height, grid.width
-                source = lambda t: grid.compose(to_uint8(array[:, t]))  # noqa: E731
-            else:
-                out_height, out_width = height, width
-                source = lambda t, v=key: to_uint8(array[v, t])  # noqa: E731
-            sink = _open_sink(temporary, format, out_width, out_height, rate, quality, tags)
-            _encode(sink, source, steps, progress)
-            results.append({
-                "view": key,
-                "path": staged.final_path(name),
-                "filename": name,
-                "format": format,
-                "frames": steps,
-                "width": sink.width,
-                "height": sink.height,
-                "fps": float(rate),
-                "padded": (sink.width, sink.height) != (out_width, out_height),
-            })
-        staged.commit()
+    if staged is not None:
+        if os.path.abspath(out_dir) != staged.out_dir:
+            raise ValueError(f"staged stages into {staged.out_dir}, not into out_dir {out_dir}")
+        return _write_staged(staged, array, names, grid, format, rate, quality, tags, progress)
+    with StagedOutputs(out_dir, overwrite=overwrite) as own:
+        results = _write_staged(own, array, names, grid, format, rate, quality, tags, progress)
+        own.commit()
     return results
 
 

@@ -1,20 +1,28 @@
 """The server side of the worker cluster: who is connected, and starting a job on them.
 
 A sampler server (ComfyUI with ``CVD_DIST_LISTEN`` set) runs one ``WorkerPool``: it listens for
-workers on the control port and hosts a ``torch.distributed`` TCPStore on the next port. Workers
-(``python -m cvd_core.parallel.worker``) connect, say hello, send a heartbeat every few seconds
-and wait for jobs. Every sampling job that asks for workers builds a **fresh process group** of
-the server (rank 0) and the workers that are idle at that moment (ranks 1..W), keyed by a job id
-in the store, and destroys it at the end. So a worker that died, was restarted or joined late
-simply takes part in the next job; nothing outlives a job but the control connections.
+workers on the control port and, during a job only, hosts a ``torch.distributed`` TCPStore on the
+next port. Workers (``python -m cvd_core.parallel.worker``) connect, authenticate (the shared token's
+challenge-response, :mod:`.auth`), send a heartbeat every few seconds and wait for jobs.
+
+Before a connection has authenticated it gets no job data: it is not in the pool, its lines are
+limited to ``HELLO_MAX_LINE`` bytes, and it is closed after ``hello_timeout`` seconds. At most
+``max_pending`` connections (``max_pending_per_host`` from one address) may be in that state; more
+are closed at once, so a flood of idle connections cannot exhaust threads or stop a job.
+
+Every sampling job that asks for workers builds a **fresh process group** of the server (rank 0)
+and the workers that are idle at that moment (ranks 1..W), keyed by a random prefix in a store
+created for that job (the prefix is sent only to its authenticated ranks), and destroys both at the
+end. So a worker that died, was restarted or joined late simply takes part in the next job; nothing
+outlives a job but the control connections.
 
 Job start (``open_job``), over the control channel:
 1. server -> each worker: ``offer`` (job id, rank, world size, backend, timeout, the model recipe
    and the shapes of the run's tensors);
 2. worker: checks its files against the recipe's hashes, builds (or reuses) the model, answers
    ``ready`` or ``refused`` (with the reason: a missing file, a different hash, ...);
-3. server -> each worker: ``start`` when all are ready (else ``cancel``), then every rank joins
-   the process group.
+3. server: opens the job's store; -> each worker: ``start`` with the store's key prefix when all
+   are ready (else ``cancel``), then every rank joins the process group.
 At the end each worker answers ``finished`` and becomes idle again.
 """
 
@@ -29,12 +37,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from .control import PROTOCOL, Channel, ChannelClosed
+from . import auth
+from .control import HELLO_MAX_LINE, MAX_LINE, PROTOCOL, Channel, ChannelClosed
 
 LOG = logging.getLogger("cvd_multiview.parallel")
 
 DEFAULT_PORT = 29650
 HEARTBEAT_S = 5.0
+HELLO_TIMEOUT_S = 5.0
+MAX_PENDING = 32
+MAX_PENDING_PER_HOST = 8
 
 
 class WorkerJobError(RuntimeError):
@@ -61,15 +73,30 @@ class Worker:
 
 
 class WorkerPool:
-    """Accepts workers on ``port`` (control) and serves the job store on ``store_port``."""
+    """Accepts workers on ``port`` (control) and serves each job's store on ``store_port``.
+
+    ``token``: the shared secret workers must prove they hold (None: loopback only, unless
+    ``insecure``; see :func:`.auth.check_listen`).
+    """
 
     def __init__(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT, store_port: Optional[int] = None,
-                 heartbeat_timeout: float = 30.0):
+                 heartbeat_timeout: float = 30.0, token: Optional[str] = None, insecure: Optional[bool] = None,
+                 hello_timeout: float = HELLO_TIMEOUT_S, max_pending: int = MAX_PENDING,
+                 max_pending_per_host: int = MAX_PENDING_PER_HOST):
         self.host = host
         self.port = int(port)
         self.store_port = int(store_port) if store_port else self.port + 1
         self.heartbeat_timeout = float(heartbeat_timeout)
-        self.store = None
+        self.token = token
+        self.insecure = insecure
+        self.hello_timeout = float(hello_timeout)
+        self.max_pending = int(max_pending)
+        self.max_pending_per_host = int(max_pending_per_host)
+        self.store = None  # the running job's TCPStore (None between jobs)
+        self.store_prefix: Optional[str] = None
+        self._pending: Dict[str, int] = {}
+        self._turned_away = 0
+        self._last_turned_away_log = 0.0
         self._workers: Dict[int, Worker] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -80,19 +107,18 @@ class WorkerPool:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> "WorkerPool":
-        import torch.distributed as dist
-
+        auth.check_listen(self.host, self.token, self.insecure)
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((self.host, self.port))
         listener.listen(64)
         self._listener = listener
         self.port = listener.getsockname()[1]
-        self.store = dist.TCPStore(self.host, self.store_port, is_master=True, wait_for_workers=False)
         threading.Thread(target=self._accept, name="cvd-workers-accept", daemon=True).start()
         threading.Thread(target=self._watch, name="cvd-workers-watch", daemon=True).start()
-        LOG.info("cvd-multiview: waiting for sampler workers on %s:%d (job store on port %d)", self.host,
-                 self.port, self.store_port)
+        LOG.info("cvd-multiview: waiting for sampler workers on %s:%d (%s; job store on port %d during jobs)",
+                 self.host, self.port, "token required" if self.token else "no token: loopback or insecure",
+                 self.store_port)
         return self
 
     def stop(self) -> None:
@@ -112,27 +138,58 @@ class WorkerPool:
                 sock, address = self._listener.accept()
             except OSError:
                 return
+            if not self._reserve(address[0]):
+                _close_quietly(sock)
+                continue
             threading.Thread(target=self._serve, args=(sock, address), daemon=True,
                              name=f"cvd-worker-{address[0]}").start()
 
+    def _reserve(self, host: str) -> bool:
+        """A slot for one more unauthenticated connection from ``host``; False (and a rate-limited log) if full."""
+        with self._lock:
+            total = sum(self._pending.values())
+            if total < self.max_pending and self._pending.get(host, 0) < self.max_pending_per_host:
+                self._pending[host] = self._pending.get(host, 0) + 1
+                return True
+            self._turned_away += 1
+            now = time.monotonic()
+            if now - self._last_turned_away_log < 10.0:
+                return False
+            self._last_turned_away_log, count, self._turned_away = now, self._turned_away, 0
+        LOG.warning("cvd-multiview: closed %d connection(s) to the worker port at once: %d unauthenticated "
+                    "connections pending (at most %d, %d per address; the latest from %s)", count, total,
+                    self.max_pending, self.max_pending_per_host, host)
+        return False
+
+    def _unreserve(self, host: str) -> None:
+        with self._lock:
+            self._pending[host] -= 1
+            if not self._pending[host]:
+                del self._pending[host]
+
     def _serve(self, sock: socket.socket, address) -> None:
-        channel = Channel(sock, f"{address[0]}:{address[1]}")
         try:
-            hello = channel.receive(timeout=15)
-        except (ChannelClosed, queue.Empty):
+            channel = Channel(sock, f"{address[0]}:{address[1]}", max_line=HELLO_MAX_LINE)
+        except OSError:
+            self._unreserve(address[0])
+            _close_quietly(sock)
+            return
+        try:
+            hello, problem = self._handshake(channel)
+        finally:
+            self._unreserve(address[0])
+        if problem is not None:
+            if problem:
+                LOG.warning("cvd-multiview: refused a worker from %s: %s", address[0], problem)
+                try:
+                    channel.send({"type": "bye", "error": problem})
+                except ChannelClosed:
+                    pass
             channel.close()
             return
-        if hello.get("type") != "hello" or hello.get("protocol") != PROTOCOL:
-            LOG.warning("cvd-multiview: refused a worker from %s: protocol %r (this server speaks %d)",
-                        address[0], hello.get("protocol"), PROTOCOL)
-            try:
-                channel.send({"type": "bye", "error": f"protocol mismatch: server speaks {PROTOCOL}"})
-            except ChannelClosed:
-                pass
-            channel.close()
-            return
-        worker = Worker(next(self._ids), str(hello.get("name", "?")), address[0], int(hello.get("pid", 0)),
-                        str(hello.get("device", "?")), channel)
+        channel.max_line = MAX_LINE
+        worker = Worker(next(self._ids), str(hello.get("name", "?"))[:200], address[0], _int(hello.get("pid")),
+                        str(hello.get("device", "?"))[:200], channel)
         with self._lock:
             self._workers[worker.id] = worker
         try:
@@ -141,6 +198,36 @@ class WorkerPool:
             pass
         LOG.info("cvd-multiview: %s joined", worker.label())
         self._dispatch(worker)
+
+    def _handshake(self, channel: Channel):
+        """``(hello, None)`` for a worker that may join, else ``(None, why)`` (``''``: it just went silent).
+
+        Hello, then (with a token) challenge -> proof, all within ``hello_timeout`` seconds.
+        """
+        deadline = time.monotonic() + self.hello_timeout
+        hello = _receive_by(channel, deadline)
+        if hello is None:
+            return None, ""
+        if hello.get("type") != "hello" or hello.get("protocol") != PROTOCOL:
+            return None, f"protocol {hello.get('protocol')!r}: this server speaks {PROTOCOL} (update the worker)"
+        if self.token is None:
+            return hello, None
+        worker_nonce, server_nonce = hello.get("nonce"), auth.new_nonce()
+        if not isinstance(worker_nonce, str) or not 32 <= len(worker_nonce) <= 128:
+            return None, "no nonce in its hello"
+        try:
+            channel.send({"type": "challenge", "nonce": server_nonce,
+                          "proof": auth.proof(self.token, "server", server_nonce, worker_nonce)})
+        except ChannelClosed:
+            return None, ""
+        answer = _receive_by(channel, deadline)
+        if answer is None:
+            return None, ("no answer to the token challenge: a worker without the token or with another one "
+                          "(CVD_DIST_TOKEN / --token-file must match the server's)")
+        if answer.get("type") != "auth" or not auth.verify(self.token, "worker", server_nonce, worker_nonce,
+                                                           answer.get("proof")):
+            return None, "wrong or missing token (CVD_DIST_TOKEN / --token-file must match the server's)"
+        return hello, None
 
     def _dispatch(self, worker: Worker) -> None:
         while True:
@@ -215,6 +302,20 @@ class WorkerPool:
     def new_job_id(self) -> str:
         return f"{int(time.time())}-{next(self._jobs)}"
 
+    def open_store(self) -> None:
+        """The job's TCPStore, with a random key prefix that only the job's ranks are told."""
+        import secrets
+
+        import torch.distributed as dist
+
+        self.close_store()
+        self.store = dist.TCPStore(self.host, self.store_port, is_master=True, wait_for_workers=False)
+        self.store_prefix = f"cvd/{secrets.token_hex(16)}/"
+
+    def close_store(self) -> None:
+        """Stop the job's store (its port closes once the process group that used it is destroyed)."""
+        self.store, self.store_prefix = None, None
+
     def open_job(self, job_id: str, workers: List[Worker], offers: List[dict], load_timeout: float) -> None:
         """Offer the job to every worker and start it once all are ready; raise ``WorkerJobError`` if not."""
         for rank, (worker, offer) in enumerate(zip(workers, offers), start=1):
@@ -237,9 +338,15 @@ class WorkerPool:
             if problem:
                 self._cancel(job_id, workers)
                 raise WorkerJobError(problem)
+        try:
+            self.open_store()
+        except (RuntimeError, OSError) as exc:  # e.g. the store port taken by another program
+            self._cancel(job_id, workers)
+            raise WorkerJobError(f"the job store could not listen on port {self.store_port} "
+                                 f"(CVD_DIST_STORE_PORT): {exc}") from None
         for rank, worker in enumerate(workers, start=1):
             try:
-                worker.channel.send({"type": "start", "job": job_id})
+                worker.channel.send({"type": "start", "job": job_id, "store_prefix": self.store_prefix})
             except ChannelClosed:
                 self._cancel(job_id, workers)
                 raise WorkerJobError(f"{worker.label(rank)} left before the job started") from None
@@ -260,6 +367,7 @@ class WorkerPool:
                 return message
 
     def _cancel(self, job_id: str, workers: List[Worker]) -> None:
+        self.close_store()
         for worker in workers:
             try:
                 worker.channel.send({"type": "cancel", "job": job_id})
@@ -270,3 +378,24 @@ class WorkerPool:
     def state_of(self, worker: Worker) -> str:
         with self._lock:
             return worker.state
+
+
+def _receive_by(channel: Channel, deadline: float) -> Optional[dict]:
+    try:
+        return channel.receive(timeout=max(deadline - time.monotonic(), 0.001))
+    except (ChannelClosed, queue.Empty):
+        return None
+
+
+def _int(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _close_quietly(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass

@@ -14,8 +14,9 @@ import socket
 import threading
 from typing import Optional
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: hello with nonces and the token's challenge-response (cvd_core.parallel.auth)
 MAX_LINE = 1 << 20  # a job offer with its recipe is a few kB
+HELLO_MAX_LINE = 4096  # before authentication: a hello or a proof is a few hundred bytes
 
 
 class ChannelClosed(ConnectionError):
@@ -25,9 +26,10 @@ class ChannelClosed(ConnectionError):
 class Channel:
     """One control connection: ``send(dict)`` from any thread; messages queue up in ``inbox``."""
 
-    def __init__(self, sock: socket.socket, peer: str):
+    def __init__(self, sock: socket.socket, peer: str, max_line: int = MAX_LINE):
         self.sock = sock
         self.peer = peer
+        self.max_line = max_line  # raised by the server once the peer has authenticated
         self.inbox: "queue.Queue[Optional[dict]]" = queue.Queue()
         self.closed = threading.Event()
         self._send_lock = threading.Lock()
@@ -46,11 +48,16 @@ class Channel:
                 buffer += chunk
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
+                    if len(line) > self.max_line:
+                        return  # not our protocol
                     if line.strip():
-                        self.inbox.put(json.loads(line))
-                if len(buffer) > MAX_LINE:
-                    break  # not our protocol
-        except (OSError, ValueError):
+                        message = json.loads(line)
+                        if not isinstance(message, dict):
+                            return  # every message of the protocol is an object
+                        self.inbox.put(message)
+                if len(buffer) > self.max_line:
+                    return  # a line longer than any message: not our protocol
+        except (OSError, ValueError, RecursionError):
             pass
         finally:
             self.closed.set()

@@ -222,7 +222,7 @@ class DistributedExecutor(RowExecutor):
         if self.backend_name == "nccl":  # NCCL binds each rank to its current CUDA device
             torch.cuda.set_device(self._local[0].device)
         try:
-            dist.init_process_group(self.backend_name, store=PrefixStore(f"cvd/{job_id}/", self.pool.store), rank=0,
+            dist.init_process_group(self.backend_name, store=PrefixStore(self.pool.store_prefix, self.pool.store), rank=0,
                                     world_size=world, timeout=timedelta(seconds=self.timeout_s))
         except Exception as exc:  # a worker that left between 'start' and joining, or a network problem
             raise WorkerJobError(f"the workers did not join the job's process group ({self.backend_name}): {exc}; "
@@ -362,6 +362,7 @@ class DistributedExecutor(RowExecutor):
             except Exception as exc:  # a broken group still has to go
                 LOG.warning("cvd-multiview: destroying the process group: %s", exc)
         self.group_open = False
+        self.pool.close_store()  # the store lives during the job only
 
 
 # ------------------------------------------------------------------------------ worker ranks
@@ -369,7 +370,8 @@ class DistributedExecutor(RowExecutor):
 def serve_job(offer: dict, model, store, log=LOG) -> Dict[str, object]:
     """A worker's part of one job (after ``start``): join the group, run its calls, leave.
 
-    ``store``: a TCPStore client on the server's job store. Returns per-job figures.
+    ``store``: a TCPStore client on the server's job store; its keys are under ``offer["store_prefix"]``
+    (random per job, sent with ``start``). Returns per-job figures.
     """
     import torch.distributed as dist
     from torch.distributed import PrefixStore
@@ -384,7 +386,7 @@ def serve_job(offer: dict, model, store, log=LOG) -> Dict[str, object]:
     if backend == "nccl":
         torch.cuda.set_device(comm)
     shapes = offer["shapes"]
-    dist.init_process_group(backend, store=PrefixStore(f"cvd/{offer['job']}/", store), rank=rank,
+    dist.init_process_group(backend, store=PrefixStore(offer["store_prefix"], store), rank=rank,
                             world_size=world, timeout=timedelta(seconds=float(offer["timeout_s"])))
     stats = {"iterations": 0, "calls": 0, "compute_s": 0.0}
     try:

@@ -14,7 +14,12 @@ every few seconds, so servers and workers can be restarted in any order.
 
 Environment (each has a flag): ``CVD_DIST_SERVER`` (host:port of the server's control port),
 ``CVD_DIST_MODELS`` (ComfyUI ``models`` folders, ``os.pathsep``-separated), ``CVD_DIST_DEVICE``,
-``CVD_DIST_THREADS`` (CPU intra-op threads), ``CVD_DIST_NAME``.
+``CVD_DIST_THREADS`` (CPU intra-op threads), ``CVD_DIST_NAME``, ``CVD_DIST_TOKEN`` or
+``CVD_DIST_TOKEN_FILE`` (the server's shared token; ``--token-file``).
+
+With a token the worker proves it holds it (HMAC challenge-response, the token itself is never
+sent) and joins only a server that proves the same; a server that refuses it ends the worker
+(exit status 2), as a wrong token will not fix itself.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import List, Optional
 import torch
 
 from .cluster import DEFAULT_PORT, HEARTBEAT_S
+from . import auth
 from .control import PROTOCOL, Channel, ChannelClosed, parse_address
 from .recipe import RecipeError, build, default_model_roots, recipe_digest, verify
 
@@ -45,9 +51,15 @@ def default_device() -> str:
     return "cpu"
 
 
+class Refused(RuntimeError):
+    """The server will not take this worker (wrong token, other protocol): retrying cannot help."""
+
+
 class Worker:
-    def __init__(self, server: str, roots: List[str], device: str, name: str, retry_s: float = 2.0):
+    def __init__(self, server: str, roots: List[str], device: str, name: str, retry_s: float = 2.0,
+                 token: Optional[str] = None):
         self.host, self.port = parse_address(server, DEFAULT_PORT)
+        self.token = token
         self.roots = roots
         self.device = torch.device(device)
         self.name = name
@@ -65,13 +77,13 @@ class Worker:
                 sock = socket.create_connection((self.host, self.port), timeout=10)
                 sock.settimeout(None)
                 channel = Channel(sock, f"{self.host}:{self.port}")
-                channel.send({"type": "hello", "protocol": PROTOCOL, "name": self.name, "pid": os.getpid(),
-                              "device": str(self.device), "torch": torch.__version__})
-                welcome = channel.receive(timeout=15)
-                if welcome.get("type") != "welcome":
-                    raise ChannelClosed(welcome.get("error", f"unexpected answer {welcome}"))
-                LOG.info("joined the sampler server %s:%d as worker %s (%s)", self.host, self.port,
-                         welcome.get("worker"), self.device)
+                try:
+                    welcome = self._hello(channel)
+                except BaseException:
+                    channel.close()
+                    raise
+                LOG.info("joined the sampler server %s:%d as worker %s (%s%s)", self.host, self.port,
+                         welcome.get("worker"), self.device, ", token verified" if self.token else "")
                 return channel
             except (OSError, ChannelClosed, queue.Empty) as exc:
                 if not announced:
@@ -79,6 +91,30 @@ class Worker:
                              self.port, exc, self.retry_s)
                     announced = True
                 time.sleep(self.retry_s)
+
+    def _hello(self, channel: Channel) -> dict:
+        """Hello and, with a token on either side, the challenge-response; the server's welcome."""
+        nonce = auth.new_nonce()
+        channel.send({"type": "hello", "protocol": PROTOCOL, "name": self.name, "pid": os.getpid(),
+                      "device": str(self.device), "torch": torch.__version__, "nonce": nonce})
+        answer = channel.receive(timeout=15)
+        if answer.get("type") == "challenge":
+            if self.token is None:
+                raise Refused("the server requires a token: set CVD_DIST_TOKEN or --token-file to the server's")
+            server_nonce = str(answer.get("nonce", ""))
+            if not auth.verify(self.token, "server", server_nonce, nonce, answer.get("proof")):
+                raise Refused("the server could not prove it holds our token (a different token, or not our "
+                              "server): not joining it")
+            channel.send({"type": "auth", "proof": auth.proof(self.token, "worker", server_nonce, nonce)})
+            answer = channel.receive(timeout=15)
+        elif self.token is not None and answer.get("type") == "welcome":
+            raise Refused("the server accepts workers without a token, but this worker has one: give the server "
+                          "the same CVD_DIST_TOKEN (a worker with a token joins only servers that prove it)")
+        if answer.get("type") == "bye":
+            raise Refused(f"the server refused this worker: {answer.get('error')}")
+        if answer.get("type") != "welcome":
+            raise ChannelClosed(f"unexpected answer {answer}")
+        return answer
 
     def heartbeat(self, channel: Channel) -> None:
         while not channel.closed.wait(HEARTBEAT_S):
@@ -132,9 +168,10 @@ class Worker:
             return
         channel.send({"type": "ready", "job": job})
         answer = self._await_start(channel, job, float(offer.get("timeout_s", 600)))
-        if answer != "start":
-            channel.send({"type": "finished", "job": job, "ok": False, "error": f"job {answer}"})
+        if answer.get("type") != "start":
+            channel.send({"type": "finished", "job": job, "ok": False, "error": f"job {answer.get('type')}"})
             return
+        offer = dict(offer, store_prefix=str(answer.get("store_prefix") or f"cvd/{job}/"))
         started = time.perf_counter()
         try:
             store = torch.distributed.TCPStore(self.host, int(offer["store_port"]), is_master=False,
@@ -156,8 +193,8 @@ class Worker:
             except queue.Empty:
                 continue
             if message.get("job") == job and message.get("type") in ("start", "cancel"):
-                return message["type"]
-        return "timed out waiting for start"
+                return message
+        return {"type": "timed out waiting for start"}
 
 
 def _seconds(value):
@@ -180,6 +217,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="CPU intra-op threads (0 = torch's default). Env: CVD_DIST_THREADS")
     parser.add_argument("--name", default=os.environ.get("CVD_DIST_NAME", "") or f"{socket.gethostname()}-{os.getpid()}",
                         help="name shown in the server's log and errors. Env: CVD_DIST_NAME")
+    parser.add_argument("--token-file", default=os.environ.get("CVD_DIST_TOKEN_FILE", ""),
+                        help="file holding the server's shared token (first line). Env: CVD_DIST_TOKEN (the token "
+                             "itself) or CVD_DIST_TOKEN_FILE")
     parser.add_argument("--max-jobs", type=int, default=None, help=argparse.SUPPRESS)  # tests and benchmarks
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s cvd-worker %(levelname)s %(message)s",
@@ -189,10 +229,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     roots = args.models or default_model_roots()
     if not roots:
         parser.error("--models /path/to/ComfyUI/models (or CVD_DIST_MODELS) is required")
+    try:
+        token = auth.load_token(token_file=args.token_file or None)
+    except auth.AuthError as exc:
+        parser.error(str(exc))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:
-        Worker(args.server, roots, args.device, args.name).serve_forever(args.max_jobs)
+        Worker(args.server, roots, args.device, args.name, token=token).serve_forever(args.max_jobs)
+    except Refused as exc:
+        LOG.error("%s", exc)
+        return 2
     except KeyboardInterrupt:
         return 0
     return 0

@@ -155,12 +155,15 @@ def _free_port():
 
 @pytest.fixture(scope="module")
 def cluster(models_dir):
-    """A worker pool in this process and one worker process (one CPU thread), torn down by PID."""
-    port = _free_port()
-    pool = WorkerPool("127.0.0.1", port, store_port=_free_port()).start()
+    """A worker pool in this process and one worker process (one CPU thread), torn down by PID; the
+    worker proves the pool's token (a token file), as on a real network."""
+    port, token = _free_port(), "cluster-test-token-0123456789"
+    pool = WorkerPool("127.0.0.1", port, store_port=_free_port(), token=token).start()
+    (models_dir / "token").write_text(token)
     log = open(models_dir / "worker.log", "wb")
     worker = subprocess.Popen([sys.executable, "-m", "cvd_core.parallel.worker", "--server", f"127.0.0.1:{port}",
-                               "--models", str(models_dir), "--threads", "1", "--name", "test-worker"],
+                               "--models", str(models_dir), "--threads", "1", "--name", "test-worker",
+                               "--token-file", str(models_dir / "token")],
                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
@@ -175,6 +178,17 @@ def cluster(models_dir):
         worker.wait(timeout=30)
         log.close()
         pool.stop()
+
+
+def _port_closed(port: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _idle(pool, timeout=30.0):
@@ -194,6 +208,7 @@ def test_two_gloo_ranks_give_the_one_device_videos_and_a_bad_file_is_refused(clu
     assert _idle(pool)
     split = run(executor)
     assert executor.stats["workers"] == 1 and executor.stats["iterations"] == 1
+    assert pool.store is None and _port_closed(pool.store_port)  # the job's store lived during the job only
     assert float((split - reference).abs().max()) <= tolerance(reference, floor_run)
     # 3 pairs x 3 branches = 9 units of 2 rows, split 5 / 4: the worker computes 8 rows; it gets the
     # 3 views' latents and sends its 8 rows back (fp32), plus a header and its row plan (int64)

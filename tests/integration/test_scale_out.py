@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,17 +73,22 @@ def test_cpu_cpu_gives_the_same_latents_and_bad_devices_are_named(comfy_server):
 # ------------------------------------------------------------------------------ torch.distributed
 
 
+TOKEN = "integration-test-token-0123456789"
+
+
 @pytest.fixture(scope="module")
 def dist_server(tmp_path_factory):
-    """A ComfyUI of its own that listens for sampler workers (CVD_DIST_LISTEN), and its control port."""
+    """A ComfyUI of its own that listens for sampler workers (CVD_DIST_LISTEN) and requires the
+    token (CVD_DIST_TOKEN), and its control port."""
     from tests.support.model_installers import install_test_models
 
     port = free_port()
     server = ComfyServer(tmp_path_factory.mktemp("comfyui_dist"))
     install_test_models(server.root)
-    saved = {k: os.environ.get(k) for k in ("CVD_DIST_LISTEN", "CVD_DIST_STORE_PORT", "CVD_DIST_TIMEOUT")}
+    saved = {k: os.environ.get(k) for k in ("CVD_DIST_LISTEN", "CVD_DIST_STORE_PORT", "CVD_DIST_TIMEOUT",
+                                            "CVD_DIST_TOKEN")}
     os.environ.update(CVD_DIST_LISTEN=f"127.0.0.1:{port}", CVD_DIST_STORE_PORT=str(free_port()),
-                      CVD_DIST_TIMEOUT="60")
+                      CVD_DIST_TIMEOUT="60", CVD_DIST_TOKEN=TOKEN)
     try:
         server.start()
     finally:
@@ -100,13 +106,16 @@ def dist_server(tmp_path_factory):
 class WorkerProcess:
     """``python -m cvd_core.parallel.worker`` against the test server, one CPU thread; killed by PID."""
 
-    def __init__(self, server: ComfyServer, port: int, name: str):
+    def __init__(self, server: ComfyServer, port: int, name: str, token=TOKEN):
         self.log = server.workdir / f"{name}.log"
+        env = {k: v for k, v in os.environ.items() if k not in ("CVD_DIST_TOKEN", "CVD_DIST_TOKEN_FILE")}
+        if token is not None:
+            env["CVD_DIST_TOKEN"] = token
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "cvd_core.parallel.worker", "--server", f"127.0.0.1:{port}", "--models",
                  str(server.models_dir), "--threads", "1", "--name", name],
-                cwd=PACK_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                cwd=PACK_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -122,11 +131,19 @@ def _wait_for_log(server: ComfyServer, text: str, count: int = 1, timeout: float
         time.sleep(0.1)
 
 
-def test_a_worker_rank_gives_the_same_latents_and_killing_it_fails_only_that_job(dist_server):
-    server, port = dist_server
-    alone = _run(server, "dist/alone", devices="workers")  # nobody joined yet: runs locally, and says so
+@pytest.fixture(scope="module")
+def local_runs(dist_server):
+    """The job with ``devices = workers`` before any worker joined (it runs locally), and the noise
+    floor run (``max_batch`` 2), both on the dist server."""
+    server, _ = dist_server
+    alone = _run(server, "dist/alone", devices="workers")
     assert "no idle sampler worker connected: this job runs on the local device(s) only" in server.log_text()
-    floor_run = _run(server, "dist/floor", max_batch=2)
+    return alone, _run(server, "dist/floor", max_batch=2)
+
+
+def test_a_worker_rank_gives_the_same_latents_and_killing_it_fails_only_that_job(dist_server, local_runs):
+    server, port = dist_server
+    alone, floor_run = local_runs  # nobody had joined: it ran locally, and said so
 
     worker = WorkerProcess(server, port, "worker-a")
     try:
@@ -153,3 +170,56 @@ def test_a_worker_rank_gives_the_same_latents_and_killing_it_fails_only_that_job
         assert torch.equal(after, alone)
     finally:
         worker.kill()
+
+
+def _flood(port: int, idle: int = 200, line_bytes: int = 10 << 20):
+    """One connection sending a ``line_bytes`` line without a newline, then ``idle`` that never speak."""
+    huge = socket.create_connection(("127.0.0.1", port))
+    sent = 0
+    try:
+        while sent < line_bytes:
+            huge.sendall(b"x" * 65536)
+            sent += 65536
+    except OSError:  # the server cut it off
+        pass
+    return [huge] + [socket.create_connection(("127.0.0.1", port)) for _ in range(idle)], sent
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    sock.settimeout(10)
+    try:
+        return sock.recv(1) == b""
+    except OSError:
+        return True
+
+
+def test_workers_without_the_token_are_refused_and_a_flood_does_not_stop_a_job(dist_server, local_runs):
+    server, port = dist_server
+    alone, floor_run = local_runs
+    wrong = WorkerProcess(server, port, "worker-wrong", token="another-token-0123456789")
+    missing = WorkerProcess(server, port, "worker-none", token=None)
+    good = WorkerProcess(server, port, "worker-good")
+    flood = []
+    try:
+        assert wrong.process.wait(timeout=120) == 2 and missing.process.wait(timeout=120) == 2  # refused: they end
+        assert "could not prove it holds our token" in wrong.log.read_text()
+        assert "the server requires a token" in missing.log.read_text()
+        assert server.log_text().count("refused a worker from 127.0.0.1: no answer to the token challenge") == 2
+        _wait_for_log(server, "worker 'worker-good'")
+        jobs_before = server.log_text().count("+ 1 worker(s) (gloo)")
+        flood, sent = _flood(port)
+        assert sent < 10 << 20  # the 10 MB line was cut off
+        # while the flood's connections are pending; 'cpu,workers' is 'workers' on this CPU server, spelled
+        # differently so that ComfyUI's cache of the previous test's identical run does not answer
+        joined = _run(server, "auth/joined", devices="cpu,workers")
+        _wait_for_log(server, "+ 1 worker(s) (gloo)", count=jobs_before + 1)
+        assert float((joined - alone).abs().max()) <= tolerance(alone, floor_run)
+        assert all(_closed_by_server(s) for s in flood)  # after the hello timeout at the latest
+        for refused in (wrong, missing):  # no offer ever reached them
+            assert "job" not in refused.log.read_text()
+        assert "worker-wrong" not in server.log_text() and "worker-none" not in server.log_text()
+    finally:
+        for sock in flood:
+            sock.close()
+        for worker in (wrong, missing, good):
+            worker.kill()

@@ -48,6 +48,23 @@ def test_bad_devices_name_the_input(tiny, devices, message, monkeypatch):
         executor_for(tiny[0], tiny[0], devices)
 
 
+def test_workers_on_an_open_address_without_a_token_name_the_setting(tiny, monkeypatch):
+    from nodes import _scale_out
+
+    monkeypatch.setattr(_scale_out, "_POOL", None)
+    monkeypatch.setenv("CVD_DIST_LISTEN", "0.0.0.0:29659")  # refused before it binds
+    for name in ("CVD_DIST_TOKEN", "CVD_DIST_TOKEN_FILE", "CVD_DIST_INSECURE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(NodeInputError, match=r"devices: 'workers': this server cannot listen for workers \(listening "
+                                             r"for workers on '0.0.0.0' \(not loopback\) needs a shared token: set "
+                                             r"CVD_DIST_TOKEN"):
+        executor_for(tiny[0], tiny[0], "workers")
+    monkeypatch.setenv("CVD_DIST_TOKEN", "short")
+    with pytest.raises(NodeInputError, match="the worker token must have at least 16 characters, got 5"):
+        executor_for(tiny[0], tiny[0], "workers")
+    assert _scale_out._POOL is None
+
+
 def test_replicas_are_cached_per_model_and_freed_with_it():
     model = torch.nn.Linear(4, 4)
     model.device = torch.device("cpu")  # what CVDModel reports
