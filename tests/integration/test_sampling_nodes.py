@@ -75,6 +75,31 @@ def test_two_views_decode_back_with_pyav(each_comfy_server):
     assert videos["grid"].shape[0] == frames
 
 
+@pytest.mark.parametrize("width,height", [(512, 288), (288, 512)], ids=["512x288", "288x512"])
+def test_two_views_at_wide_and_tall_frame_sizes(each_comfy_server, width, height):
+    """16:9 and 9:16: latent sides 36 and 64, so the UNet's 1/64 level has an odd side (36 -> 18 -> 9 -> 5);
+    the pose features follow it (issue 24, docs/frame_sizes.md). Lean: one step, two frames."""
+    from PIL import Image
+
+    server = each_comfy_server
+    prompt = _workflow("cvd_two_views")
+    prompt["7"]["inputs"]["steps"] = 1
+    for poses in ("5", "6"):
+        prompt[poses]["inputs"].update(frames=2, width=width, height=height)
+    prompt["11"]["inputs"]["filename_prefix"] = f"cvd_it/two_views_{width}x{height}"
+    entry, messages, binaries = server.run_watching(prompt, timeout=600)
+    videos = _videos(server, entry, "11")
+    for label in ("orbit_right", "dolly_forward"):
+        assert videos[label].shape == (2, height, width, 3)
+        assert videos[label].std() > 1.0
+    # the step preview: view 0's two latent frames side by side (2 x 1 grid), the aspect of the frames kept
+    previews = [payload for kind, payload in binaries if kind == 1]
+    assert previews, "no step preview"
+    shown_w, shown_h = Image.open(io.BytesIO(previews[-1][4:])).size
+    grid_w, grid_h = 2 * (width // 8), height // 8
+    assert abs(shown_w * grid_h - shown_h * grid_w) <= max(grid_w, grid_h), (shown_w, shown_h)
+
+
 def test_four_view_mcm_reports_schedule_and_lora(comfy_server):
     entry = comfy_server.run(_workflow("cvd_four_views_mcm"), timeout=600)
     (schedule,) = entry["outputs"]["7"]["text"]
