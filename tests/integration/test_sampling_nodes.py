@@ -78,12 +78,13 @@ def test_two_views_decode_back_with_pyav(each_comfy_server):
 @pytest.mark.parametrize("width,height", [(512, 288), (288, 512)], ids=["512x288", "288x512"])
 def test_two_views_at_wide_and_tall_frame_sizes(each_comfy_server, width, height):
     """16:9 and 9:16: latent sides 36 and 64, so the UNet's 1/64 level has an odd side (36 -> 18 -> 9 -> 5);
-    the pose features follow it (issue 24, docs/frame_sizes.md). Lean: one step, two frames."""
+    the pose features follow it (issue 24, docs/frame_sizes.md). Lean: one step, two frames, cfg 1 (half the
+    rows; CFG at odd latent sides is covered in tests/nodes/test_frame_sizes_nodes.py): 2304 tokens a frame."""
     from PIL import Image
 
     server = each_comfy_server
     prompt = _workflow("cvd_two_views")
-    prompt["7"]["inputs"]["steps"] = 1
+    prompt["7"]["inputs"].update(steps=1, cfg=1.0)
     for poses in ("5", "6"):
         prompt[poses]["inputs"].update(frames=2, width=width, height=height)
     prompt["11"]["inputs"]["filename_prefix"] = f"cvd_it/two_views_{width}x{height}"
