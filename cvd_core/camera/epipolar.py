@@ -55,18 +55,53 @@ def _image_hw(image_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     return h, w
 
 
+def _halving_stride(size: int, feat: int) -> Optional[int]:
+    """The power-of-two stride ``s`` with ``ceil(size / s) == feat`` (the UNet's round-up halving), or None.
+
+    ``ceil(size / 2^l)`` is strictly decreasing in ``l`` until it reaches 1, so the smallest such
+    ``s`` is the only one unless ``feat == 1`` (then every candidate cell covers the whole side,
+    and the clipped-cell centre below does not depend on which one is taken).
+    """
+    s = 1
+    while s <= 2 * size:
+        if -(-size // s) == feat:
+            return s
+        s *= 2
+    return None
+
+
+def _axis_centres(size: int, feat: int, device) -> torch.Tensor:
+    """Pixel centres of ``feat`` tokens along an image side of ``size`` pixels (float32 [feat])."""
+    stride = _halving_stride(size, feat)
+    if stride is None or size % stride == 0:
+        # The official formula: ``feat`` equal cells of ``size / feat`` (= the stride) pixels, kept
+        # literally so that every size the cells tile (every multiple of 64 px) is bit-identical to
+        # before. A map that no halving gives (no such stride) keeps it too: equal cells.
+        step = size / feat
+        return torch.arange(feat, device=device, dtype=torch.float32) * step + (step - 1) / 2
+    # The cells do not tile: a side not divisible by the stride (e.g. 5 tokens over 288 px at the
+    # 1/64 level). The UNet and the pose encoder (ceil-mode pooling) both keep the stride and add a
+    # border cell covering the leftover pixels, so token j is the cell [s·j, min(s·(j+1), size)):
+    # its centre is that of its in-image pixels. Full cells get the official s·j + (s-1)/2.
+    starts = torch.arange(feat, device=device, dtype=torch.float32) * stride
+    ends = torch.clamp(starts + stride, max=float(size))
+    return (starts + ends - 1) / 2
+
+
 def token_pixel_centres(feat_h: int, feat_w: int, image_size: Union[int, Sequence[int]],
                         device: Optional[torch.device] = None) -> torch.Tensor:
     """Homogeneous pixel centres ``[feat_h*feat_w, 3]`` (x, y, 1) of the tokens of a feature map.
 
-    Token index is ``y*feat_w + x`` (row-major, as ``rearrange(... 'c h w -> (h w) c')``). Each
-    token covers an ``(H/feat_h) × (W/feat_w)`` cell of the F-image; its centre follows the
-    official ``(S/feat)·idx + (S/feat - 1)/2`` per axis (pixel centres at integer coordinates).
+    Token index is ``y*feat_w + x`` (row-major, as ``rearrange(... 'c h w -> (h w) c')``). When the
+    feature map tiles the F-image, each token covers an ``(H/feat_h) × (W/feat_w)`` cell and its
+    centre follows the official ``(S/feat)·idx + (S/feat - 1)/2`` per axis (pixel centres at
+    integer coordinates). When a side does not tile (a latent side not divisible by 8, see
+    docs/frame_sizes.md), the tokens are the UNet's stride-``2^l`` cells with a clipped border cell
+    (see ``_axis_centres``).
     """
     h, w = _image_hw(image_size)
-    step_x, step_y = w / feat_w, h / feat_h
-    xs = torch.arange(feat_w, device=device, dtype=torch.float32) * step_x + (step_x - 1) / 2
-    ys = torch.arange(feat_h, device=device, dtype=torch.float32) * step_y + (step_y - 1) / 2
+    xs = _axis_centres(w, feat_w, device)
+    ys = _axis_centres(h, feat_h, device)
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     ones = torch.ones_like(grid_x)
     return torch.stack([grid_x, grid_y, ones], dim=-1).reshape(-1, 3)

@@ -41,9 +41,22 @@ class PoseResBlock(nn.Module):
 
 
 class _Downsample(nn.Module):
+    """2x down that rounds odd sides *up*, like the UNet's stride-2 convs (3x3, padding 1).
+
+    CameraCtrl's ``AvgPool2d(2, 2)`` floors: at a latent side that is not divisible by 8 (e.g. 36
+    at 288 px: 36 -> 18 -> 9 -> 4 here, 5 in the UNet) its features stop matching the UNet's and the
+    pose adaptor cannot add them. ``ceil_mode=True`` keeps every full 2x2 window as it was (same
+    windows, same divisor: bit-identical whenever the side is even, so at every multiple of 64 px)
+    and adds one border window over the leftover row/column, averaged over its in-image pixels only
+    (padding 0: PyTorch divides a clipped window by its in-bounds count). That border token then
+    describes exactly the pixels of the UNet token it is added to, with no extra compute or padding
+    content. See docs/frame_sizes.md.
+    """
+
     def __init__(self, channels: int, use_conv: bool):
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv else nn.AvgPool2d(2, 2)
+        self.op = (nn.Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv
+                   else nn.AvgPool2d(2, 2, ceil_mode=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -70,7 +83,7 @@ class CameraPoseEncoder(nn.Module):
             self.encoder_down_attention_blocks.append(attns)
 
     def forward(self, plucker: torch.Tensor) -> List[torch.Tensor]:
-        """plucker [b, 6, f, H, W] -> features [b, C_l, f, H/8/2^l, W/8/2^l] per level."""
+        """plucker [b, 6, f, H, W] -> features [b, C_l, f, ceil(H/8/2^l), ceil(W/8/2^l)] per level."""
         batch = plucker.shape[0]
         x = self.unshuffle(rearrange(plucker, "b c f h w -> (b f) c h w"))
         x = self.encoder_conv_in(x)

@@ -75,6 +75,39 @@ def test_two_views_decode_back_with_pyav(each_comfy_server):
     assert videos["grid"].shape[0] == frames
 
 
+@pytest.mark.parametrize("width,height", [(512, 288), (288, 512)], ids=["512x288", "288x512"])
+def test_two_views_at_wide_and_tall_frame_sizes(each_comfy_server, width, height):
+    """16:9 and 9:16: latent sides 36 and 64, so the UNet's 1/64 level has an odd side (36 -> 18 -> 9 -> 5);
+    the pose features follow it (issue 24, docs/frame_sizes.md). Lean: one step, two frames, cfg 1 (half the
+    rows; CFG at odd latent sides is covered in tests/nodes/test_frame_sizes_nodes.py), and the per-frame
+    latents are saved with ComfyUI's SaveLatent instead of decoded: the random full-size SD VAE spends about
+    a minute a 512x288 frame on this CPU, and its decode/save path runs in test_two_views_decode_back_with_pyav."""
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    server = each_comfy_server
+    prompt = _workflow("cvd_two_views")
+    prompt["7"]["inputs"].update(steps=1, cfg=1.0)
+    for poses in ("5", "6"):
+        prompt[poses]["inputs"].update(frames=2, width=width, height=height)
+    for decode_and_save in ("9", "10", "11"):
+        del prompt[decode_and_save]
+    prompt["12"] = {"class_type": "SaveLatent",
+                    "inputs": {"samples": ["8", 0], "filename_prefix": f"cvd_it/two_views_{width}x{height}"}}
+    entry, messages, binaries = server.run_watching(prompt, timeout=600)
+    (saved,) = entry["outputs"]["12"]["latents"]
+    latents = load_file(str(server.output_dir / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+    assert tuple(latents.shape) == (2 * 2, 4, height // 8, width // 8)  # views x frames SD image latents
+    assert bool(latents.isfinite().all()) and float(latents.std()) > 0.1
+    assert not bool((latents[:2] == latents[2:]).all())  # the two trajectories give two videos
+    # the step preview: view 0's two latent frames side by side (2 x 1 grid), the aspect of the frames kept
+    previews = [payload for kind, payload in binaries if kind == 1]
+    assert previews, "no step preview"
+    shown_w, shown_h = Image.open(io.BytesIO(previews[-1][4:])).size
+    grid_w, grid_h = 2 * (width // 8), height // 8
+    assert abs(shown_w * grid_h - shown_h * grid_w) <= max(grid_w, grid_h), (shown_w, shown_h)
+
+
 def test_four_view_mcm_reports_schedule_and_lora(comfy_server):
     entry = comfy_server.run(_workflow("cvd_four_views_mcm"), timeout=600)
     (schedule,) = entry["outputs"]["7"]["text"]
