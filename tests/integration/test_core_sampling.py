@@ -166,6 +166,11 @@ def test_core_samplers_and_schedulers_run_to_completion(comfy_server_v3):
             prompt["9"]["inputs"]["sampler_name"] = sampler
             prompt["15"]["inputs"].update(filename_prefix=f"cvd_core/{sampler}_{scheduler}", save_grid=False)
             queued[(sampler, scheduler)] = server.queue(prompt)
+    prompt = _core_samplers()  # core's RandomNoise instead of CVD Noise: its own noise, the pairing from its seed
+    prompt["8"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 42}}
+    prompt["7"]["inputs"]["steps"] = 3
+    prompt["15"]["inputs"].update(filename_prefix="cvd_core/random_noise", save_grid=False)
+    queued[("RandomNoise", "karras")] = server.queue(prompt)
     for combo, prompt_id in queued.items():
         entry = server.wait(prompt_id, timeout=600)  # raises with the node's error (a NaN result is one)
         assert entry["outputs"].get("15"), (combo, entry.get("outputs"))
