@@ -127,11 +127,15 @@ def _uniform(frames: int, length: int, overlap: int, stride: int, step: int, loo
         # closing the loop keeps starting windows until one joins the end to the start
         end = offset + frames if (looped and closed) else offset + frames - overlap * spacing
         for start in range(offset, max(end, offset + 1), hop):
+            if looped and not closed:  # the circle cut at the offset: a window ends before the cut
+                start = min(start, offset + frames - span)
             for window in _placed(start, length, spacing, frames, looped, level == 0):
                 if window not in out:
                     out.append(window)
-    if looped and closed and not _joins(out, (offset - 1) % frames, offset):
-        out.append(tuple((offset - length // 2 + k) % frames for k in range(length)))  # O = 0: a seam window
+    if looped and closed:  # without overlap the tiling leaves seams: a window across each closes it
+        for f in range(frames):
+            if not _joins(out, f, (f + 1) % frames):
+                out.append(tuple((f + 1 - length // 2 + k) % frames for k in range(length)))
     return out
 
 
