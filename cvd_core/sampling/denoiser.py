@@ -281,7 +281,8 @@ class CollaborativeDenoiser:
         regional = _validate_regional(self._regional_input, latents, self._cond)
         self.masks = [mask for _, mask in regional]
         self.rows = RowInputs(_common_tokens([self._uncond, self._cond] + [text for text, _ in regional]),
-                              self.plucker, _Fundamentals(self.F_of, frames))
+                              None if self.windowed else self.plucker, _Fundamentals(self.F_of, frames),
+                              cameras=self.cameras if self.windowed else None)
         self.branches = ((0, 1) if self.use_cfg else (1,)) + tuple(2 + e for e in range(len(regional)))
         if self.max_batch is None:
             widest = rows_per_iteration(self.plan.pairs_per_call(), len(self.branches))

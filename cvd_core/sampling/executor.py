@@ -75,7 +75,8 @@ class RowInputs:
     """
 
     def __init__(self, texts: Sequence[Optional[torch.Tensor]], plucker: torch.Tensor,
-                 fundamentals: FundamentalLookup, window: Optional[Sequence[int]] = None):
+                 fundamentals: FundamentalLookup, window: Optional[Sequence[int]] = None, cameras=None):
+        self.cameras = cameras  # WindowCameras of a windowed run (remote ranks build the windows' maps from them)
         self.texts = tuple(texts)
         self.plucker = plucker
         self.fundamentals = fundamentals
