@@ -378,8 +378,8 @@ class CollaborativeDenoiser:
                         sums[r.branch][r.view].index_add_(1, index.to(latents.device), out[n] * a)
             for b in branches:
                 weight_sum[b].index_add_(0, index, weights)
-        div = {b: (counts.view(-1, 1) * weight_sum[b].view(1, -1)).to(latents.device).view(self.n_views, 1, frames, 1, 1)
-               for b in self.branches}
+        div = {b: (counts.view(-1, 1) * weight_sum[b].view(1, -1)).to(latents.device)
+               .view(self.n_views, 1, frames, 1, 1) for b in self.branches}
         return sums, div
 
 

@@ -137,7 +137,8 @@ class Recorder:
         self.calls.append(dict(x=x.clone(), plucker=plucker.clone(), F=None if F_mats is None else F_mats.clone(),
                                partner=partner, pseudo=pseudo_frames, text=text.clone()))
         run = torch.cumsum(x, dim=2) / torch.arange(1, x.shape[2] + 1).view(1, 1, -1, 1, 1)
-        out = 0.5 * x + 0.3 * run + text.mean((1, 2)).view(-1, 1, 1, 1, 1) + 0.01 * plucker.mean((1, 3, 4))[:, None, :, None, None]
+        out = 0.5 * x + 0.3 * run + text.mean((1, 2)).view(-1, 1, 1, 1, 1) \
+            + 0.01 * plucker.mean((1, 3, 4))[:, None, :, None, None]
         if partner is not None:
             out = out + 0.1 * x[partner] + 1e-3 * F_mats.sum((2, 3)).clamp(-5, 5)[:, None, :, None, None]
         return out
@@ -182,9 +183,11 @@ def test_windows_equal_the_path_without_windows_on_each_sub_rig_fused_after_cfg(
     for window in options.windows(frames, iteration.step):
         index = torch.tensor(window)
         sub = _sub_rig(rig, window)
+        assert sub.n_frames == len(window)
         plucker, _ = camera_inputs(sub)
         full_f = {(i, j): pair_fundamentals(rig, i, j).float()[index] for i in range(3) for j in range(3) if i != j}
-        sub_entity = [(entity[0][0], entity[0][1][:, :, index])] if float(entity[0][1][:, :, index].max()) > 0 else None
+        sub_mask = entity[0][1][:, :, index]
+        sub_entity = [(entity[0][0], sub_mask)] if float(sub_mask.max()) > 0 else None
         plain = CollaborativeDenoiser(Recorder(), cond, uncond, plucker, full_f, PairingPlan(3, "all_pairs", 2), 4.0,
                                       max_batch=6, regional=sub_entity)
         part = latents[:, :, index]
@@ -194,9 +197,13 @@ def test_windows_equal_the_path_without_windows_on_each_sub_rig_fused_after_cfg(
         total.index_add_(2, index, eps * a.view(1, 1, -1, 1, 1))
         norm.index_add_(0, index, a)
     expected = total / norm.view(1, 1, -1, 1, 1)
-    scale = float(expected.abs().max())
-    assert float((got.eps - expected).abs().max()) <= 64 * torch.finfo(torch.float32).eps * scale * 8.5
-    assert torch.allclose(got.eps, got.uncond + 4.0 * (got.cond - got.uncond), atol=1e-5 * scale)
+    # The two orders differ only in float32 rounding: each side rounds a handful of sums and products per
+    # value (<= 16 ulps of the largest branch prediction), and CFG scales a branch's error by up to
+    # 1 + 2 * guidance. A wrong frame, weight or window moves values by O(1).
+    scale = max(float(got.cond.abs().max()), float(got.uncond.abs().max()))
+    bound = 16 * torch.finfo(torch.float32).eps * scale * (1 + 2 * 4.0)
+    assert float((got.eps - expected).abs().max()) <= bound
+    assert float((got.eps - got.uncond - 4.0 * (got.cond - got.uncond)).abs().max()) <= bound
 
 
 def test_each_window_call_reads_the_cut_rig_and_pseudo_lines_only_where_cameras_coincide():
