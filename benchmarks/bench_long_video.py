@@ -1,7 +1,7 @@
 """Long multi-view videos with context windows: time per generated frame and peak memory against the length.
 
     .venv/bin/python benchmarks/bench_long_video.py [--frames 16 32 64 128] [--views 4] [--size 64]
-        [--width 32] [--context 16] [--overlap 4] [--steps 4] [--json out.json]
+        [--width 32] [--context 16] [--overlap 4] [--steps 4] [--repeats 3] [--json out.json]
 
 Each length runs in its own process (so its peak is its own): the tests' tiny CVD network (``--width`` 32; 320
 is SD1.5's top width at every level), a circle rig, MCM with ``--steps`` steps at cfg 1 (the long-video
@@ -9,7 +9,8 @@ workflow's setting), windows ``--context``/``--overlap`` (standard_static, pyram
 seconds of sampling per generated frame, and the peak RSS during sampling above the RSS before it (Linux's
 VmHWM, reset through /proc/self/clear_refs) minus the latent-sized tensors the loop keeps (latents, the
 branch sums, the prediction and the scheduler's outputs: 8 copies of V x 4 x F x h x w float32). The ratios
-are taken against ``--baseline`` frames (32) of the same run: with windows both should stay near
+are medians over ``--repeats`` runs per length (lengths interleaved), taken against ``--baseline`` frames (32)
+of the same run: with windows both should stay near
 (windows per frame) / (windows per frame at the baseline), since a window's rows do not grow with the length.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,6 +76,15 @@ def _one(args) -> dict:
             "peak_minus_latents_mib": (peak - base - latent_kib) / 1024, "finite": bool(torch.isfinite(out).all())}
 
 
+def _median_row(runs) -> dict:
+    """The median of every figure over the repeats of one length (the runs' own values are kept too)."""
+    row = dict(runs[0])
+    for key in ("seconds", "seconds_per_frame", "peak_above_base_mib", "peak_minus_latents_mib"):
+        row[key] = statistics.median(r[key] for r in runs)
+    row["runs"] = runs
+    return row
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[16, 32, 64, 128])
@@ -85,21 +96,25 @@ def main(argv=None) -> int:
     parser.add_argument("--overlap", type=int, default=4)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child mode: one length
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(_one(args)))
         return 0
-    rows = []
-    for frames in args.frames:
-        child = [sys.executable, __file__, "--one", str(frames)] + [
-            f"--{k}={getattr(args, k)}" for k in ("views", "size", "width", "context", "overlap", "steps", "threads")]
-        done = subprocess.run(child, capture_output=True, text=True, check=True, cwd=ROOT)
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        r = rows[-1]
-        print(f"F={frames:4d}: {r['windows']:2d} windows, {r['seconds']:7.2f} s, {r['seconds_per_frame']:.3f} s/frame, "
-              f"peak above base {r['peak_above_base_mib']:.1f} MiB (latents {r['latents_mib']:.2f} MiB)", flush=True)
+    runs = {frames: [] for frames in args.frames}
+    for repeat in range(args.repeats):  # lengths interleaved: a load change on the machine hits them all
+        for frames in args.frames:
+            child = [sys.executable, __file__, "--one", str(frames)] + [
+                f"--{k}={getattr(args, k)}" for k in ("views", "size", "width", "context", "overlap", "steps", "threads")]
+            done = subprocess.run(child, capture_output=True, text=True, check=True, cwd=ROOT)
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            runs[frames].append(r)
+            print(f"[{repeat + 1}/{args.repeats}] F={frames:4d}: {r['windows']:2d} windows, {r['seconds']:7.2f} s, "
+                  f"{r['seconds_per_frame']:.3f} s/frame, peak above base {r['peak_above_base_mib']:.1f} MiB "
+                  f"(latents {r['latents_mib']:.2f} MiB)", flush=True)
+    rows = [_median_row(runs[frames]) for frames in args.frames]
     base = next((r for r in rows if r["frames"] == args.baseline), rows[0])
     for r in rows:
         r["time_per_frame_ratio"] = r["seconds_per_frame"] / base["seconds_per_frame"]
