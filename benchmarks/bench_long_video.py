@@ -6,7 +6,8 @@
 Each length runs in its own process (so its peak is its own): the tests' tiny CVD network (``--width`` 32; 320
 is SD1.5's top width at every level), a circle rig, MCM with ``--steps`` steps at cfg 1 (the long-video
 workflow's setting), windows ``--context``/``--overlap`` (standard_static, pyramid). Reported per length:
-seconds of sampling per generated frame, and the peak RSS during sampling above the RSS before it (Linux's
+seconds of sampling per generated frame (wall clock, and the process's CPU time, which a loaded machine
+disturbs less with one thread), and the peak RSS during sampling above the RSS before it (Linux's
 VmHWM, reset through /proc/self/clear_refs) minus the latent-sized tensors the loop keeps (latents, the
 branch sums, the prediction and the scheduler's outputs: 8 copies of V x 4 x F x h x w float32). The ratios
 are medians over ``--repeats`` runs per length (lengths interleaved), taken against ``--baseline`` frames (32)
@@ -66,12 +67,13 @@ def _one(args) -> dict:
     windows = len(context.windows(frames)) if context.active(frames) else 1
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     base = _rss_kib("VmRSS")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     out = multiview_loop(denoiser, x, sched, seed=0)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     peak = _rss_kib("VmHWM")
     latent_kib = LATENT_COPIES * out.numel() * 4 / 1024
     return {"frames": frames, "windows": windows, "seconds": seconds, "seconds_per_frame": seconds / frames,
+            "cpu_seconds_per_frame": cpu_seconds / frames,
             "peak_above_base_mib": (peak - base) / 1024, "latents_mib": latent_kib / 1024,
             "peak_minus_latents_mib": (peak - base - latent_kib) / 1024, "finite": bool(torch.isfinite(out).all())}
 
@@ -79,7 +81,8 @@ def _one(args) -> dict:
 def _median_row(runs) -> dict:
     """The median of every figure over the repeats of one length (the runs' own values are kept too)."""
     row = dict(runs[0])
-    for key in ("seconds", "seconds_per_frame", "peak_above_base_mib", "peak_minus_latents_mib"):
+    for key in ("seconds", "seconds_per_frame", "cpu_seconds_per_frame", "peak_above_base_mib",
+                "peak_minus_latents_mib"):
         row[key] = statistics.median(r[key] for r in runs)
     row["runs"] = runs
     return row
@@ -107,19 +110,22 @@ def main(argv=None) -> int:
     for repeat in range(args.repeats):  # lengths interleaved: a load change on the machine hits them all
         for frames in args.frames:
             child = [sys.executable, __file__, "--one", str(frames)] + [
-                f"--{k}={getattr(args, k)}" for k in ("views", "size", "width", "context", "overlap", "steps", "threads")]
+                f"--{k}={getattr(args, k)}" for k in ("views", "size", "width", "context", "overlap", "steps",
+                                                      "threads")]
             done = subprocess.run(child, capture_output=True, text=True, check=True, cwd=ROOT)
             r = json.loads(done.stdout.strip().splitlines()[-1])
             runs[frames].append(r)
             print(f"[{repeat + 1}/{args.repeats}] F={frames:4d}: {r['windows']:2d} windows, {r['seconds']:7.2f} s, "
-                  f"{r['seconds_per_frame']:.3f} s/frame, peak above base {r['peak_above_base_mib']:.1f} MiB "
-                  f"(latents {r['latents_mib']:.2f} MiB)", flush=True)
+                  f"{r['seconds_per_frame']:.3f} s/frame ({r['cpu_seconds_per_frame']:.3f} CPU s), peak above base "
+                  f"{r['peak_above_base_mib']:.1f} MiB (latents {r['latents_mib']:.2f} MiB)", flush=True)
     rows = [_median_row(runs[frames]) for frames in args.frames]
     base = next((r for r in rows if r["frames"] == args.baseline), rows[0])
     for r in rows:
         r["time_per_frame_ratio"] = r["seconds_per_frame"] / base["seconds_per_frame"]
+        r["cpu_time_per_frame_ratio"] = r["cpu_seconds_per_frame"] / base["cpu_seconds_per_frame"]
         r["memory_ratio"] = r["peak_minus_latents_mib"] / max(base["peak_minus_latents_mib"], 1e-9)
-        print(f"F={r['frames']:4d} vs {base['frames']}: time/frame x{r['time_per_frame_ratio']:.3f}, "
+        print(f"F={r['frames']:4d} vs {base['frames']}: time/frame x{r['time_per_frame_ratio']:.3f} "
+              f"(CPU time/frame x{r['cpu_time_per_frame_ratio']:.3f}), "
               f"peak - latents x{r['memory_ratio']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=1))
