@@ -279,3 +279,25 @@ def test_windows_need_the_cameras():
     with pytest.raises(ValueError, match="context windows need the cameras"):
         with denoiser.session(latents):
             pass
+
+
+def test_the_network_draws_pseudo_lines_where_it_is_told(tmp_path):
+    """``pseudo_frames`` = frame 0 of every row is the default exactly; none at all uses F's lines there."""
+    from cvd_core.cvd import load_cvd_model, write_tiny_cvd_files
+
+    model = load_cvd_model(**write_tiny_cvd_files(tmp_path, seed=0), dtype="fp32", device="cpu")
+    g = torch.Generator().manual_seed(0)
+    frames, size = 2, 64
+    x = torch.randn(2, 4, frames, size // 8, size // 8, generator=g)
+    text = torch.randn(2, 77, 32, generator=g)
+    plucker = torch.randn(2, 6, frames, size, size, generator=g)
+    rig = make_preset_rig("circle", 2, 3, size, size)
+    f = torch.stack([pair_fundamentals(rig, 0, 1)[1:], pair_fundamentals(rig, 1, 0)[1:]]).float()  # F != 0 at 0
+    args = (x, torch.tensor(500), text, plucker, f, torch.tensor([1, 0]))
+    default = model.predict_noise(*args)
+    first = torch.zeros(2, frames, dtype=torch.bool)
+    first[:, 0] = True
+    assert torch.equal(model.predict_noise(*args, pseudo_frames=first), default)
+    assert not torch.allclose(model.predict_noise(*args, pseudo_frames=torch.zeros_like(first)), default)
+    with pytest.raises(ValueError, match=r"pseudo_frames must be \[B=2, F=2\] booleans"):
+        model.predict_noise(*args, pseudo_frames=torch.zeros(2, 3, dtype=torch.bool))
