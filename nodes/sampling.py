@@ -30,10 +30,10 @@ import torch
 from cvd_core.camera import CameraError, pair_fundamentals, plucker_embedding
 from cvd_core.guards import require_finite
 from cvd_core.mcm import MCMScheduler
-from cvd_core.sampling.context import ContextOptions
 from cvd_core.sampling import (DDIMScheduler, STRATEGIES, CollaborativeDenoiser, PairingPlan, initial_noise,
                                multiview_loop)
 from cvd_core.sampling.batching import estimate_max_batch, estimate_row_bytes, min_rows_per_call, rows_per_iteration
+from cvd_core.sampling.context import ContextOptions
 from cvd_core.sampling.noise import context_noise
 from cvd_core.sampling.window_inputs import WindowCameras
 
