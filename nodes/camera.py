@@ -80,7 +80,8 @@ CAMERA_TRAJECTORY = NodeSchema(
                                  "static, or custom_json.", default="circle",
               options=list(PRESETS) + [CUSTOM_PRESET]),
         Input("views", "INT", "Number of videos (cameras) to generate together.", default=4, min=1, max=16),
-        Input("frames", "INT", "Frames per video (CVD is trained on 16).", default=16, min=1, max=256),
+        Input("frames", "INT", "Frames per video (CVD is trained on 16; above 32 connect CVD Context Options to the "
+              "sampler).", default=16, min=1, max=512),
         Input("width", "INT", "Width of the generated frames in pixels (multiple of 8).", default=256, **SIZE_RULE),
         Input("height", "INT", "Height of the generated frames in pixels (multiple of 8).", default=256, **SIZE_RULE),
         Input("camera_dist", "FLOAT", "How far each camera travels towards its target (scene units; CVD: 0.5). "

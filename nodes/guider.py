@@ -8,6 +8,7 @@ import torch
 
 from cvd_core.parallel.devices import DeviceSpecError, parse_devices
 from cvd_core.sampling import STRATEGIES, initial_noise
+from cvd_core.sampling.noise import context_noise
 
 from ._comfy import NodeInputError, cancel_only_progress, progress_bar, sd15_latent_preview
 from ._core_sampling import (PatcherView, core_sample, core_schedule, core_scheduler_names, cvd_ddim_sigmas,
@@ -15,6 +16,7 @@ from ._core_sampling import (PatcherView, core_sample, core_schedule, core_sched
 from ._schema import Input, NodeSchema, Output, Result
 from .camera import CAMERAS
 from .cvd_model import CVD_MODEL
+from .context import CONTEXT
 from .sampling import SamplingJob, _view_shape, prepare_job, video_latent
 from .scene import LAYOUT
 
@@ -86,6 +88,7 @@ class MultiViewGuider:
         if tuple(noise.shape) != tuple(latent_image.shape):
             raise NodeInputError(f"noise must match the latent {list(latent_image.shape)}, got {list(noise.shape)}")
         seed = int(seed or 0)
+        noise = context_noise(noise, seed, self.job.context)  # FreeNoise's reuse when the context asks for it
         progress = progress_bar()
         preview = sd15_latent_preview(progress)
         progress.start(int(sigmas.shape[-1]) - 1)
@@ -112,13 +115,13 @@ class MultiViewGuider:
 
 
 def _run_guider(cvd_model, cameras, positive, negative, cfg, strategy, max_batch, devices="", layout=None,
-                entity_prompts=None):
+                entity_prompts=None, context=None):
     try:
         parse_devices(devices or "")
     except DeviceSpecError as exc:
         raise NodeInputError(f"devices: {exc}") from None
     return Result((MultiViewGuider(prepare_job(cvd_model, cameras, positive, negative, cfg, strategy, max_batch,
-                                               layout, entity_prompts, devices)),))
+                                               layout, entity_prompts, devices, context=context)),))
 
 
 GUIDER = NodeSchema(
@@ -145,6 +148,8 @@ GUIDER = NodeSchema(
               "entity_prompts.", optional=True),
         Input("entity_prompts", "CONDITIONING", "Optional prompts, one per layout entity in its order. Needs layout.",
               optional=True),
+        Input("context", CONTEXT, ("Optional context windows (CVD Context Options) for videos up to 512 frames; "
+                                   "FreeNoise applies to the NOISE."), optional=True),
     ],
     outputs=[Output("GUIDER", "guider", "For SamplerCustomAdvanced (with CVD Noise, CVD Scheduler, CVD Empty Latent).")],
     run=_run_guider,

@@ -33,12 +33,16 @@ from cvd_core.mcm import MCMScheduler
 from cvd_core.sampling import (DDIMScheduler, STRATEGIES, CollaborativeDenoiser, PairingPlan, initial_noise,
                                multiview_loop)
 from cvd_core.sampling.batching import estimate_max_batch, estimate_row_bytes, min_rows_per_call, rows_per_iteration
+from cvd_core.sampling.context import ContextOptions
+from cvd_core.sampling.noise import context_noise
+from cvd_core.sampling.window_inputs import WindowCameras
 
 from ._comfy import NodeInputError, cancel_only_progress, progress_bar, sd15_latent_preview
 from ._managed import computing, free_bytes, module_of, out_of_memory_types
 from ._scale_out import executor_for
 from ._schema import Input, NodeSchema, Output, Result
 from .camera import CAMERAS
+from .context import CONTEXT
 from .cvd_model import CVD_MODEL
 from .scene import LAYOUT
 
@@ -46,6 +50,7 @@ CATEGORY = "CVD/sampling"
 SCHEDULERS = ["ddim", "mcm"]
 LATENT_CHANNELS = 4
 SD_LATENT_SCALE = 0.18215  # SD1.5's VAE scaling: the UNet works on z * 0.18215
+MAX_WINDOWED_FRAMES = 512  # with context windows: memory follows the window, time the length
 
 
 # ------------------------------------------------------------------------------ conditioning
@@ -162,25 +167,41 @@ def model_max_frames(cvd_model) -> int:
     return min(lengths) if lengths else 32
 
 
-def _rig(cameras, cvd_model):
+def _rig(cameras, cvd_model, context=None):
     try:
         rig = cameras.as_rig()
     except (AttributeError, CameraError) as exc:
         raise NodeInputError(f"cameras must be a CVD_CAMERAS rig from a CVD camera node: {exc}") from None
     max_frames = model_max_frames(cvd_model)
-    if rig.n_frames > max_frames:
+    if context is None and rig.n_frames > max_frames:
         raise NodeInputError(f"frames must be at most {max_frames} (the motion modules' position encoding length; "
-                             f"CVD is trained on 16), got {rig.n_frames}")
+                             f"CVD is trained on 16), got {rig.n_frames}; connect CVD Context Options for longer "
+                             f"videos (up to {MAX_WINDOWED_FRAMES} frames)")
+    if context is not None:
+        _check_context(context, rig, max_frames)
     for name, size in (("width", rig.width), ("height", rig.height)):
         if size % 8:
             raise NodeInputError(f"{name} must be a multiple of 8 (latents are 1/8 of the image), got {size}")
     return rig
 
 
-def camera_inputs(rig):
-    """Plücker maps ``[V, 6, F, H, W]`` (float32) and the F-matrix lookup ``F_of(i, j) -> [F, 3, 3]``."""
-    plucker = plucker_embedding(rig.K, rig.c2w, rig.height, rig.width)  # [V, F, 6, H, W]
-    plucker = plucker.permute(0, 2, 1, 3, 4).to(torch.float32).contiguous()
+def _check_context(context, rig, max_frames: int) -> None:
+    if not isinstance(context, ContextOptions):
+        raise NodeInputError(f"context must be a CVD_CONTEXT from CVD Context Options, got {type(context).__name__}")
+    if context.length > max_frames:
+        raise NodeInputError(f"context_length must be at most {max_frames} (the motion modules' position encoding "
+                             f"length), got {context.length}")
+    if rig.n_frames > MAX_WINDOWED_FRAMES:
+        raise NodeInputError(f"frames must be at most {MAX_WINDOWED_FRAMES} with context windows, got {rig.n_frames}")
+
+
+def camera_inputs(rig, maps: bool = True):
+    """Plücker maps ``[V, 6, F, H, W]`` (float32; None without ``maps``) and the F-matrix lookup
+    ``F_of(i, j) -> [F, 3, 3]``."""
+    plucker = None
+    if maps:
+        plucker = plucker_embedding(rig.K, rig.c2w, rig.height, rig.width)  # [V, F, 6, H, W]
+        plucker = plucker.permute(0, 2, 1, 3, 4).to(torch.float32).contiguous()
 
     def fundamentals(i: int, j: int) -> torch.Tensor:
         return pair_fundamentals(rig, i, j).to(torch.float32)
@@ -204,9 +225,10 @@ def make_scheduler(scheduler: str, steps: int, denoise: float, sigmas=None):
     raise NodeInputError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
 
 
-def _start_latent(latent, rig, seed: int, sched) -> torch.Tensor:
-    """x_T: seeded noise, or the given latent noised to the first timestep (partial denoise)."""
-    noise = initial_noise(seed, rig.n_views, *_view_shape(rig))
+def _start_latent(latent, rig, seed: int, sched, context=None) -> torch.Tensor:
+    """x_T: seeded noise (FreeNoise's reuse with the context's freenoise on), or the given latent noised to the
+    first timestep (partial denoise)."""
+    noise = context_noise(initial_noise(seed, rig.n_views, *_view_shape(rig)), seed, context)
     if latent is None:
         return noise
     return sched.add_noise(_checked_start(latent, rig), noise, 0)
@@ -237,15 +259,24 @@ def rows_needed(rig, strategy: str, seed: int, use_cfg: bool, entities: int = 0)
     return rows_per_iteration(pairs, (2 if use_cfg else 1) + entities)
 
 
-def memory_need(rig, rows: int, max_batch: int, dtype) -> tuple:
+def _row_shape(rig, context=None):
+    """One denoiser row's latent ``[C, frames, h, w]``: a context window's frames, or the whole clip."""
+    channels, frames, h, w = _view_shape(rig)
+    if context is not None and context.active(frames):
+        frames = context.length
+    return channels, frames, h, w
+
+
+def memory_need(rig, rows: int, max_batch: int, dtype, context=None) -> tuple:
     """``(bytes wanted, least bytes)`` of activations besides the weights: ``max_batch`` rows per call
-    (0 = all ``rows`` at once) and the smallest call that works (one view pair, one branch)."""
-    per_row = estimate_row_bytes(_view_shape(rig), dtype)
+    (0 = all ``rows`` at once) and the smallest call that works (one view pair, one branch); with context
+    windows a row holds one window's frames."""
+    per_row = estimate_row_bytes(_row_shape(rig, context), dtype)
     wanted = rows if max_batch == 0 else min(max_batch, rows)
     return per_row * wanted, per_row * min_rows_per_call(rig.n_views)
 
 
-def _auto_max_batch(rig, rows: int, model, executor=None) -> Optional[int]:
+def _auto_max_batch(rig, rows: int, model, executor=None, context=None) -> Optional[int]:
     """Rows per denoiser call that fit into what ComfyUI reports free once the model is loaded (and
     other models offloaded to make room); None outside ComfyUI (the core then measures itself).
     With several devices every call must fit the tightest one (the split gives each about the same rows)."""
@@ -253,7 +284,7 @@ def _auto_max_batch(rig, rows: int, model, executor=None) -> Optional[int]:
     free = [free_bytes(device) for device in devices]
     if any(f is None for f in free):
         return None
-    return min(estimate_max_batch(_view_shape(rig), f, rows, rig.n_views, model.dtype) for f in free)
+    return min(estimate_max_batch(_row_shape(rig, context), f, rows, rig.n_views, model.dtype) for f in free)
 
 
 def _out_of_memory_message(device, max_batch, rows: int, error: str) -> str:
@@ -281,6 +312,8 @@ class SamplingJob:
     max_batch: int
     devices: str
     rows: int
+    context: Optional[ContextOptions] = None
+    cameras: Optional[WindowCameras] = None
 
     @property
     def latent_shape(self):
@@ -289,18 +322,18 @@ class SamplingJob:
     def run(self, seed: int, progress, body):
         """``body(denoiser)`` with the model loaded by ComfyUI; out of memory -> a message that says what to lower."""
         module = module_of(self.cvd_model)
-        wanted, least = memory_need(self.rig, self.rows, self.max_batch, module.dtype)
+        wanted, least = memory_need(self.rig, self.rows, self.max_batch, module.dtype, self.context)
         failure = None
         # ComfyUI loads the model (offloading others to make room for `wanted`), then max_batch = 0 is sized
         # from what it reports free.
         with computing(self.cvd_model, memory_required=wanted, minimum_memory=least) as model:
             executor = executor_for(self.cvd_model, model, self.devices)  # once loaded: replicas copy the weights
-            max_batch = self.max_batch or _auto_max_batch(self.rig, self.rows, model, executor)
+            max_batch = self.max_batch or _auto_max_batch(self.rig, self.rows, model, executor, self.context)
             try:
                 denoiser = CollaborativeDenoiser(
                     model, self.cond, self.uncond, self.plucker, self.fundamentals if self.rig.n_views > 1 else None,
                     PairingPlan(self.rig.n_views, self.strategy, seed), self.cfg, max_batch, self.regional,
-                    executor, progress)
+                    executor, progress, context=self.context, cameras=self.cameras)
                 return body(denoiser)
             except ValueError as exc:
                 raise NodeInputError(str(exc)) from None
@@ -313,16 +346,21 @@ class SamplingJob:
 
 
 def prepare_job(cvd_model, cameras, positive, negative, cfg, strategy, max_batch, layout=None, entity_prompts=None,
-                devices="", seed: int = 0) -> SamplingJob:
+                devices="", seed: int = 0, context=None) -> SamplingJob:
     module = module_of(cvd_model)
-    rig = _rig(cameras, module)
+    rig = _rig(cameras, module, context)
     use_cfg = float(cfg) != 1.0
     cond, uncond = text_embeddings(positive, negative, rig.n_views, model_text_width(module), use_cfg)
     regional = regional_inputs(layout, entity_prompts, rig, model_text_width(module))
-    plucker, fundamentals = camera_inputs(rig)
+    windowed = context is not None and context.active(rig.n_frames)
+    if windowed:  # each window builds its own maps: the full-length ones would grow with the length
+        plucker, fundamentals = None, camera_inputs(rig, maps=False)[1]
+    else:
+        plucker, fundamentals = camera_inputs(rig)
     rows = rows_needed(rig, strategy, seed, use_cfg, len(regional or []))
     return SamplingJob(cvd_model, rig, cond, uncond, regional, plucker, fundamentals, float(cfg), strategy,
-                       int(max_batch), devices or "", rows)
+                       int(max_batch), devices or "", rows, context if windowed else None,
+                       WindowCameras.from_rig(rig) if windowed else None)
 
 
 def video_latent(samples: torch.Tensor, rig) -> dict:
@@ -341,15 +379,15 @@ def _core_sampler_sigmas(sampler_sigmas, sched) -> torch.Tensor:
 
 def _run_sampler(cvd_model, cameras, positive, negative, seed, steps, cfg, scheduler, strategy, recurrence,
                  max_batch, denoise, latent=None, sigmas=None, layout=None, entity_prompts=None, devices="",
-                 sampler=None, unique_id=None):
+                 sampler=None, context=None, unique_id=None):
     job = prepare_job(cvd_model, cameras, positive, negative, cfg, strategy, max_batch, layout, entity_prompts,
-                      devices, seed)
+                      devices, seed, context)
     progress = progress_bar(unique_id)
     if sampler is not None:
         return Result((video_latent(_run_core_sampler(job, sampler, sigmas, scheduler, steps, denoise, latent,
                                                       seed, progress), job.rig),))
     sched = make_scheduler(scheduler, steps, denoise, sigmas)
-    start = _start_latent(latent, job.rig, seed, sched)
+    start = _start_latent(latent, job.rig, seed, sched, job.context)
     preview = sd15_latent_preview(progress)
     samples = job.run(seed, progress,
                       lambda denoiser: multiview_loop(denoiser, start, sched, recurrence, seed, progress, preview))
@@ -361,7 +399,7 @@ def _run_core_sampler(job: SamplingJob, sampler, sigmas, scheduler, steps, denoi
     from ._core_sampling import core_sample
 
     run_sigmas = _core_sampler_sigmas(sigmas, None if sigmas is not None else make_scheduler(scheduler, steps, denoise))
-    noise = initial_noise(seed, *job.latent_shape)
+    noise = context_noise(initial_noise(seed, *job.latent_shape), seed, job.context)
     clean = torch.zeros(job.latent_shape) if latent is None else _checked_start(latent, job.rig)
     steps_done = cancel_only_progress(progress)
     preview = sd15_latent_preview(progress)
@@ -420,8 +458,8 @@ SAMPLER = NodeSchema(
                  "input. Output: a 5-D LATENT; decode with CVD Latent Frames To Image Latents -> VAE Decode."),
     inputs=[
         Input("cvd_model", CVD_MODEL, "The backbone from CVD Load Model (optionally with an MCM LoRA merged)."),
-        Input("cameras", CAMERAS, "The camera rig: its views, frames (at most 32; CVD is trained on 16) and image "
-              "size define the videos."),
+        Input("cameras", CAMERAS, "The camera rig: views, frames (at most 32, or 512 with context; CVD is trained on 16) "
+              "and image size."),
         Input("positive", "CONDITIONING", "Prompt (SD1.5 CLIP): one for all views, or one per view in view order."),
         Input("negative", "CONDITIONING", "Negative prompt (one, or one per view). Unused when cfg is 1 (MCM)."),
         Input("seed", "INT", "Seed of the start noise, the view pairing and the MCM re-noising; max_batch never "
@@ -451,6 +489,8 @@ SAMPLER = NodeSchema(
         Input("devices", "STRING", "Where each step's rows run: empty = ComfyUI's device; cuda:0,cuda:1, all, cpu,cpu, "
               "workers (docs/scaling.md).", default="", optional=True),
         Input("sampler", "SAMPLER", "Optional core sampler (KSampler Select): the steps run through it.",
+              optional=True),
+        Input("context", CONTEXT, "Optional context windows (CVD Context Options) for videos up to 512 frames.",
               optional=True),
     ],
     outputs=[Output("LATENT", "latent", "Video latents [views, 4, frames, h, w], UNet-scaled, one per video frame.")],

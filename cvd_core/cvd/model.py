@@ -145,7 +145,8 @@ class CVDModel(ParameterPlacement, nn.Module):
     @torch.no_grad()
     def predict_noise(self, latents: torch.Tensor, timestep, text: torch.Tensor, plucker: torch.Tensor,
                       F_mats: Optional[torch.Tensor] = None, partner: Optional[torch.Tensor] = None,
-                      row_kinds: Optional[Sequence[int]] = None) -> torch.Tensor:
+                      row_kinds: Optional[Sequence[int]] = None,
+                      pseudo_frames: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Raw noise prediction [B, 4, F, h, w] (before CFG) for one denoiser call.
 
         latents [B,4,F,h,w]; timestep scalar or [B]; text [B,77,D]; plucker [B,6,F,8h,8w];
@@ -159,6 +160,10 @@ class CVDModel(ParameterPlacement, nn.Module):
         ``row_kinds`` [B] (optional): the guidance branch of each row, 0 = conditional, 1 =
         unconditional (ComfyUI's ``cond_or_uncond`` numbering). The network itself ignores it; a
         feature cache with ``apply_to`` cond/uncond needs it to pick its rows.
+
+        ``pseudo_frames`` [B, F] bool (optional): the frames of each row that get first-frame pseudo
+        lines instead of the epipolar lines of F; None = frame 0 of every row (the clip's first frame,
+        where all cameras coincide). Context windows pass it (``cvd_core.sampling.window_inputs``).
         """
         device, dtype = self.device, self.dtype
         if partner is not None:
@@ -174,7 +179,13 @@ class CVDModel(ParameterPlacement, nn.Module):
         else:
             frame_index = torch.arange(frames, device=device)
             partner_rows = (partner[:, None] * frames + frame_index).reshape(-1)
-            first_frame_rows = (frame_index == 0).repeat(batch)
+            if pseudo_frames is None:
+                first_frame_rows = (frame_index == 0).repeat(batch)
+            else:  # a context window: pseudo lines only where the cameras coincide (window_inputs)
+                first_frame_rows = torch.as_tensor(pseudo_frames, dtype=torch.bool, device=device).reshape(-1)
+                if first_frame_rows.numel() != batch * frames:
+                    raise ValueError(f"pseudo_frames must be [B={batch}, F={frames}] booleans, got "
+                                     f"{list(torch.as_tensor(pseudo_frames).shape)}")
             F_rows = F_mats.to(device=device, dtype=torch.float32).reshape(-1, 3, 3)
             bias_for = self._bias_factory(F_rows, first_frame_rows, image_hw)
 

@@ -7,9 +7,11 @@ Worker ranks only run denoiser calls. Per job (one ``sample_multiview`` run):
 - once, rank 0 broadcasts the run's inputs: text embeddings ``[branches, V, L, D]`` (fp32), the
   Plücker maps ``[V, 6, F, H, W]`` in the model dtype, and the F matrices of every pair the run
   uses, both orientations ``[P, 2, F, 3, 3]`` (fp32), so every rank builds bit-identical inputs;
-- per iteration (a step, or a recurrence iteration of it), rank 0 broadcasts a header (4 int64),
-  the row plan of every worker (int64; a few hundred bytes) and the latents ``[V, C, F, h, w]``
-  in the model dtype; each worker sends back the output of each of its calls ``[rows, C, F, h, w]``
+- per iteration (a step, or a recurrence iteration of it; with context windows, per window), rank 0
+  broadcasts a header (4 int64), the window's frames and the row plan of every worker (int64; a few
+  hundred bytes) and the latents ``[V, C, F, h, w]`` (the window's frames) in the model dtype; with
+  windows the once-per-job maps are the cameras ``[V, F, 25]`` (float64), from which every rank builds
+  each window's Plücker maps; each worker sends back the output of each of its calls ``[rows, C, F, h, w]``
   (model dtype), which rank 0 adds in plan order, exactly as its own outputs;
 - at the end rank 0 broadcasts an end header and every rank destroys the process group.
 
@@ -32,6 +34,7 @@ import torch
 
 from ..sampling.batching import CallPlan, Row, plan_calls_split
 from ..sampling.executor import Denoiser, Iteration, RowExecutor, RowInputs
+from ..sampling.window_inputs import WindowCameras, WindowFundamentals
 from .cluster import LOG, Worker, WorkerJobError, WorkerPool
 from .threaded import CpuThreads, check_deterministic, device_error, local_lane, run_lanes
 
@@ -113,16 +116,38 @@ class PairTable:
 
 
 def run_tensors(rows: RowInputs, run_pairs: Sequence[Tuple[int, int]], transfer_dtype: torch.dtype):
-    """The run's inputs as tensors: ``(branches, texts, plucker, fmats)``."""
+    """The run's inputs as tensors: ``(branches, texts, plucker, fmats)``.
+
+    With context windows (``rows.cameras`` set, no full-length maps) the third tensor is the cameras
+    instead, ``[V, F, 25]`` float64 (K's 9 then c2w's 16 entries per frame): every rank builds each
+    window's Plücker maps from them with the same code (``WindowCameras.plucker``), so the maps agree
+    bit for bit and only poses cross the wire.
+    """
     branches = [b for b, t in enumerate(rows.texts) if t is not None]
     texts = torch.stack([rows.texts[b].to(torch.float32) for b in branches]).contiguous()
-    plucker = rows.plucker.to(transfer_dtype).contiguous()
+    if rows.plucker is None:
+        cams = rows.cameras
+        plucker = torch.cat([cams.K.flatten(2), cams.c2w.flatten(2)], dim=2).to(torch.float64).contiguous()
+    else:
+        plucker = rows.plucker.to(transfer_dtype).contiguous()
     if run_pairs:
         fmats = torch.stack([torch.stack([rows.fundamentals(i, j), rows.fundamentals(j, i)])
                              for i, j in run_pairs]).to(torch.float32).contiguous()
     else:
-        fmats = torch.zeros(0, 2, plucker.shape[2], 3, 3)
+        fmats = torch.zeros(0, 2, plucker.shape[1 if rows.plucker is None else 2], 3, 3)
     return branches, texts, plucker, fmats
+
+
+def _window_cameras(packed: torch.Tensor, size: Sequence[int]) -> WindowCameras:
+    """``WindowCameras`` from ``run_tensors``' packed ``[V, F, 25]`` cameras and ``(width, height)``."""
+    views, frames = packed.shape[:2]
+    return WindowCameras(packed[..., :9].reshape(views, frames, 3, 3), packed[..., 9:].reshape(views, frames, 4, 4),
+                         int(size[0]), int(size[1]))
+
+
+def window_words(window: Optional[Sequence[int]]) -> List[int]:
+    """The iteration's context window ahead of the row plans: ``[n, frames...]`` (``[0]``: the whole clip)."""
+    return [0] if window is None else [len(window)] + [int(f) for f in window]
 
 
 # ------------------------------------------------------------------------------ rank 0
@@ -210,11 +235,12 @@ class DistributedExecutor(RowExecutor):
         world = 1 + len(self.workers)
         shapes = {"texts": list(texts.shape), "plucker": list(plucker.shape), "fmats": list(fmats.shape),
                   "latents": list(latents.shape)}
+        cameras = None if rows.plucker is not None else [rows.cameras.width, rows.cameras.height]
         recipe = self.recipe() if callable(self.recipe) else self.recipe  # hashing files only when workers join
         offers = [{"type": "offer", "job": job_id, "rank": rank, "world_size": world, "backend": self.backend_name,
                    "store_port": self.pool.store_port, "timeout_s": self.timeout_s, "recipe": recipe,
                    "dtype": str(self.transfer_dtype).replace("torch.", ""), "branches": branches,
-                   "pairs": [list(p) for p in run_pairs], "shapes": shapes}
+                   "pairs": [list(p) for p in run_pairs], "shapes": shapes, "cameras": cameras}
                   for rank in range(1, world)]
         started = time.perf_counter()
         self.pool.open_job(job_id, self.workers, offers, self.load_timeout_s)
@@ -262,7 +288,7 @@ class DistributedExecutor(RowExecutor):
     def _send_iteration(self, remote: List[List[CallPlan]], latents: torch.Tensor, iteration: Iteration) -> None:
         import torch.distributed as dist
 
-        words = encode_plans(remote)
+        words = torch.cat([torch.tensor(window_words(iteration.window), dtype=torch.int64), encode_plans(remote)])
         device = self._comm_device()
         header = torch.tensor([OP_ITERATE, iteration.timestep, words.numel(), iteration.step], dtype=torch.int64)
         started = time.perf_counter()
@@ -391,15 +417,18 @@ def serve_job(offer: dict, model, store, log=LOG) -> Dict[str, object]:
     stats = {"iterations": 0, "calls": 0, "compute_s": 0.0}
     try:
         texts = torch.empty(shapes["texts"], dtype=torch.float32, device=comm)
-        plucker = torch.empty(shapes["plucker"], dtype=dtype, device=comm)
+        cameras = offer.get("cameras")
+        plucker = torch.empty(shapes["plucker"], dtype=torch.float64 if cameras else dtype, device=comm)
         fmats = torch.empty(shapes["fmats"], dtype=torch.float32, device=comm)
         for tensor in (texts, plucker, fmats):
             dist.broadcast(tensor, src=0)
         all_texts: List[Optional[torch.Tensor]] = [None] * (max(offer["branches"]) + 1)
         for index, branch in enumerate(offer["branches"]):
             all_texts[branch] = texts[index].cpu()
-        rows = RowInputs(all_texts, plucker.cpu(), PairTable([tuple(p) for p in offer["pairs"]], fmats.cpu()))
-        latents = torch.empty(shapes["latents"], dtype=dtype, device=comm)
+        table = PairTable([tuple(p) for p in offer["pairs"]], fmats.cpu())
+        windows = _window_cameras(plucker.cpu(), cameras) if cameras else None
+        whole = RowInputs(all_texts, None if cameras else plucker.cpu(), table)
+        latent_shape = list(shapes["latents"])
         with torch.no_grad():
             while True:
                 header = torch.empty(HEADER, dtype=torch.int64, device=comm)
@@ -409,8 +438,15 @@ def serve_job(offer: dict, model, store, log=LOG) -> Dict[str, object]:
                     break
                 words = torch.empty(plan_len, dtype=torch.int64, device=comm)
                 dist.broadcast(words, src=0)
+                words = words.cpu()
+                n_window = int(words[0])
+                window = tuple(words[1:1 + n_window].tolist()) or None
+                rows = whole if window is None else RowInputs(
+                    whole.texts, windows.plucker(window), WindowFundamentals(table, window), window)
+                shape = latent_shape[:2] + [n_window or latent_shape[2]] + latent_shape[3:]
+                latents = torch.empty(shape, dtype=dtype, device=comm)
                 dist.broadcast(latents, src=0)
-                mine = decode_plans(words.cpu(), world - 1)[rank - 1]
+                mine = decode_plans(words[1 + n_window:], world - 1)[rank - 1]
                 local = latents.cpu() if comm.type != "cpu" else latents
                 for k, call in enumerate(mine):
                     started = time.perf_counter()

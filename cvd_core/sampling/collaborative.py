@@ -17,21 +17,29 @@ import torch
 from ..guards import require_finite
 from ..progress import Progress, ensure_progress
 from . import noise as noise_streams
+from .context import ContextOptions
 from .denoiser import CollaborativeDenoiser, FundamentalSource, PairingPlan, Regional, stop_if_not_finite
 from .executor import Iteration, RowExecutor
 from .pairing import MAX_VIEWS
 from .scheduler_base import DiscreteScheduler
+from .window_inputs import WindowCameras
 
 PreviewCallback = Callable[[int, int, torch.Tensor], None]
 
 
-def _validate(latents: torch.Tensor, plucker: torch.Tensor, recurrence: int) -> None:
+def _validate(latents: torch.Tensor, plucker, recurrence: int) -> None:
     if latents.dim() != 5:
         raise ValueError(f"latents must be [views, C, frames, h, w], got shape {list(latents.shape)}")
     n_views, frames = latents.shape[0], latents.shape[2]
     if not 1 <= n_views <= MAX_VIEWS:
         raise ValueError(f"views must be from 1 to {MAX_VIEWS}, got {n_views}")
-    if plucker.dim() != 5 or plucker.shape[1] != 6 or plucker.shape[2] != frames:
+    if isinstance(plucker, WindowCameras):
+        if (plucker.n_views, plucker.n_frames) != (n_views, frames):
+            raise ValueError(f"cameras must have {n_views} views x {frames} frames (the latents'), got "
+                             f"{plucker.n_views} x {plucker.n_frames}")
+    elif plucker is None:
+        raise ValueError("give plucker maps [V, 6, F, H, W] or cameras (WindowCameras)")
+    elif plucker.dim() != 5 or plucker.shape[1] != 6 or plucker.shape[2] != frames:
         raise ValueError(f"plucker must be [views, 6, {frames}, H, W], got shape {list(plucker.shape)}")
     if recurrence < 1:
         raise ValueError(f"recurrence must be >= 1, got {recurrence}")
@@ -62,7 +70,9 @@ def multiview_loop(denoiser: CollaborativeDenoiser, latents_init: torch.Tensor, 
     schedule = _iterations(n_steps, recurrence)
     run_pairs = {pair for step in schedule for (i, r) in step for pair in denoiser.plan.pairs(i, r)}
     with denoiser.session(latents, sorted(run_pairs)):
-        progress.start(sum(denoiser.call_count(denoiser.plan.pairs(i, r)) for step in schedule for i, r in step))
+        frames = latents.shape[2]
+        progress.start(sum(denoiser.call_count(denoiser.plan.pairs(i, r), frames, i)
+                           for step in schedule for i, r in step))
         for i, t in enumerate(scheduler.timesteps):
             for i_, r in schedule[i]:
                 iteration = Iteration(i, n_steps, r, int(t))
@@ -92,7 +102,8 @@ def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
                      progress: Optional[Progress] = None,
                      preview_callback: Optional[PreviewCallback] = None,
                      partitions: int = 1, regional: Optional[Regional] = None,
-                     executor: Optional[RowExecutor] = None) -> torch.Tensor:
+                     executor: Optional[RowExecutor] = None, context: Optional[ContextOptions] = None,
+                     cameras: Optional[WindowCameras] = None) -> torch.Tensor:
     """Denoise N views together; returns the final latents ``[V, C, F, h, w]`` (float32).
 
     A convenience over ``CollaborativeDenoiser`` + ``multiview_loop``:
@@ -105,10 +116,12 @@ def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
     - ``progress``: ``start(total calls)``, ``advance(1)`` per call; raising there cancels.
     - ``regional``: ``[(text, mask [V or 1, 1, F, h, w])]`` entity prompts (``denoiser`` module doc).
     - ``executor``: where the calls run (None = on ``denoiser``, in order).
+    - ``context``: temporal context windows (``context.ContextOptions``) with ``cameras``
+      (``window_inputs.WindowCameras``) to build each window's Plücker maps; ``plucker`` may be None.
 
     Raises ``NonFiniteError`` (a ``ValueError``) at the first step with NaN or infinity.
     """
-    _validate(latents_init, plucker, recurrence)
+    _validate(latents_init, plucker if plucker is not None else cameras, recurrence)
     n_views = latents_init.shape[0]
     if getattr(scheduler, "guidance_distilled", False) and float(guidance_scale) != 1.0:
         warnings.warn(f"this scheduler's model has distilled guidance (MCM): guidance_scale should be 1, "
@@ -116,5 +129,6 @@ def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
     progress = ensure_progress(progress)
     collaborative = CollaborativeDenoiser(denoiser, cond, uncond, plucker, F_of,
                                           PairingPlan(n_views, strategy, seed, partitions), guidance_scale,
-                                          max_batch, regional, executor, progress, latents_init.device)
+                                          max_batch, regional, executor, progress, latents_init.device,
+                                          context, cameras)
     return multiview_loop(collaborative, latents_init, scheduler, recurrence, seed, progress, preview_callback)

@@ -37,8 +37,10 @@ import torch
 from ..guards import NonFiniteError, first_non_finite, precision_hint
 from ..progress import NullProgress, Progress
 from .batching import CallPlan, auto_max_batch, rows_per_iteration
+from .context import ContextOptions, Window
 from .executor import Denoiser, Iteration, LocalExecutor, RowExecutor, RowInputs
 from .pairing import STRATEGIES, Pair, pair_schedule, pairs_per_view
+from .window_inputs import WindowCameras, WindowFundamentals
 
 FundamentalSource = Union[Callable[[int, int], torch.Tensor], Mapping[Tuple[int, int], torch.Tensor]]
 
@@ -207,13 +209,24 @@ class CollaborativeDenoiser:
     ``plucker [V or 1, 6, F, H, W]``, ``F_of(i, j) -> [F, 3, 3]`` or a dict (not needed for one view).
     ``max_batch`` rows per call (None = from free memory at ``session``); results never depend on it.
     ``progress`` gets ``advance(1)`` per denoiser call and ``check()`` before each (cancel).
+
+    Context windows (``context``, ``context.py``): a clip longer than ``context.length`` frames is
+    denoised window by window at every call, each window the same frames of every view with all
+    pairs, branches and regional rows; the windows' raw predictions are fused per branch with the
+    fuse weights *before* CFG and the regional blend (both are linear in the predictions and the
+    weights are normalised per frame, so fusing after them gives the same up to rounding). Each
+    window's Plücker maps come from ``cameras`` (``WindowCameras``: re-relativised poses); ``plucker``
+    may then be None. A clip that fits one window takes the path without windows (bit-identical).
     """
 
-    def __init__(self, denoiser, cond: torch.Tensor, uncond: Optional[torch.Tensor], plucker: torch.Tensor,
+    def __init__(self, denoiser, cond: torch.Tensor, uncond: Optional[torch.Tensor], plucker: Optional[torch.Tensor],
                  F_of: Optional[FundamentalSource], plan: PairingPlan, guidance_scale: float = 8.5,
                  max_batch: Optional[int] = None, regional=None, executor: Optional[RowExecutor] = None,
-                 progress: Optional[Progress] = None, device: Optional[torch.device] = None):
+                 progress: Optional[Progress] = None, device: Optional[torch.device] = None,
+                 context: Optional[ContextOptions] = None, cameras: Optional[WindowCameras] = None):
         n_views = plan.n_views
+        if plucker is None and cameras is None:
+            raise ValueError("give plucker maps [V, 6, F, H, W] or cameras (WindowCameras) to build them from")
         if n_views > 1 and F_of is None:
             raise ValueError("F_of (fundamental matrices per view pair) is required for 2 or more views")
         if not math.isfinite(float(guidance_scale)):
@@ -226,6 +239,8 @@ class CollaborativeDenoiser:
         if self.use_cfg and uncond is None:
             raise ValueError(f"guidance_scale {guidance_scale} needs uncond embeddings (or use guidance_scale 1)")
         self.plucker = _per_view("plucker", plucker, n_views, 5)
+        self.context, self.cameras = context, cameras
+        self.windowed = False
         self.F_of = F_of
         self._regional_input, self._cond = regional or [], cond
         self._uncond = uncond
@@ -252,19 +267,36 @@ class CollaborativeDenoiser:
         if latents.dim() != 5 or latents.shape[0] != self.n_views:
             raise ValueError(f"latents must be [{self.n_views} views, C, frames, h, w], got {list(latents.shape)}")
         frames = latents.shape[2]
-        if self.plucker.shape[1] != 6 or self.plucker.shape[2] != frames:
+        self.windowed = self.context is not None and self.context.active(frames)
+        if self.windowed and self.cameras is None:
+            raise ValueError("context windows need the cameras (WindowCameras): each window's Plücker maps are "
+                             "built from the poses re-relativised to the window's first frame")
+        if self.cameras is not None and (self.cameras.n_views, self.cameras.n_frames) != (self.n_views, frames):
+            raise ValueError(f"cameras have {self.cameras.n_views} views x {self.cameras.n_frames} frames but the "
+                             f"latents {self.n_views} x {frames}")
+        if self.plucker is None and not self.windowed:
+            self.plucker = _per_view("plucker", self.cameras.plucker(range(frames)), self.n_views, 5)
+        if self.plucker is not None and (self.plucker.shape[1] != 6 or self.plucker.shape[2] != frames):
             raise ValueError(f"plucker must be [views, 6, {frames}, H, W], got shape {list(self.plucker.shape)}")
         regional = _validate_regional(self._regional_input, latents, self._cond)
         self.masks = [mask for _, mask in regional]
         self.rows = RowInputs(_common_tokens([self._uncond, self._cond] + [text for text, _ in regional]),
-                              self.plucker, _Fundamentals(self.F_of, frames))
+                              None if self.windowed else self.plucker, _Fundamentals(self.F_of, frames),
+                              cameras=self.cameras if self.windowed else None)
         self.branches = ((0, 1) if self.use_cfg else (1,)) + tuple(2 + e for e in range(len(regional)))
         if self.max_batch is None:
             widest = rows_per_iteration(self.plan.pairs_per_call(), len(self.branches))
-            view_shape = tuple(latents.shape[1:])
+            view_shape = (latents.shape[1], self.window_frames(frames)) + tuple(latents.shape[3:])
             self.max_batch = min(auto_max_batch(view_shape, widest, self.n_views, d.device, d.dtype)
                                  for d in self.executor.denoisers or [Denoiser(self.denoiser, latents.device)])
         self.max_batch = int(self.max_batch)
+
+    def window_frames(self, frames: int) -> int:
+        """Frames of the longest denoiser row (one window, or the whole clip): what memory is sized by."""
+        return min(frames, self.context.length) if self.context is not None else frames
+
+    def windows(self, frames: int, step: int) -> List[Window]:
+        return self.context.windows(frames, step) if self.windowed else [tuple(range(frames))]
 
     @contextlib.contextmanager
     def session(self, latents: torch.Tensor, run_pairs: Optional[Sequence[Pair]] = None) -> Iterator["CollaborativeDenoiser"]:
@@ -279,27 +311,78 @@ class CollaborativeDenoiser:
         finally:
             self.executor.end(failed)
 
-    def calls_for(self, pairs: Sequence[Pair]) -> List[List[CallPlan]]:
-        return self.executor.plan(pairs, self.branches, self.max_batch)
+    def calls_for(self, pairs: Sequence[Pair], branches: Optional[Sequence[int]] = None) -> List[List[CallPlan]]:
+        return self.executor.plan(pairs, self.branches if branches is None else branches, self.max_batch)
 
-    def call_count(self, pairs: Sequence[Pair]) -> int:
-        return sum(len(part) for part in self.calls_for(pairs))
+    def call_count(self, pairs: Sequence[Pair], frames: Optional[int] = None, step: int = 0) -> int:
+        """Denoiser calls of one iteration over ``pairs`` (all windows of ``step`` when windowed)."""
+        if not self.windowed or frames is None:
+            return sum(len(part) for part in self.calls_for(pairs))
+        return sum(sum(len(part) for part in self.calls_for(pairs, self._window_branches(w)))
+                   for w in self.windows(frames, step))
 
     def predict(self, latents: torch.Tensor, iteration: Iteration, with_parts: bool = False) -> Prediction:
         """Per-view noise prediction at ``iteration`` (its step/substep pick the pairs): mean over each
-        view's pairs, regional blend, then CFG. ``with_parts`` also returns the cond and uncond halves
-        (ComfyUI's post-CFG functions read them)."""
+        view's pairs (and windows), regional blend, then CFG. ``with_parts`` also returns the cond and
+        uncond halves (ComfyUI's post-CFG functions read them)."""
         pairs = self.plan.pairs(iteration.step, iteration.substep)
-        sums: Dict[int, torch.Tensor] = {b: torch.zeros_like(latents) for b in self.branches}
-        for plan, out in self.executor.run(self.calls_for(pairs), latents, iteration, self.progress):
-            for n, r in enumerate(plan.rows):
-                sums[r.branch][r.view] += out[n]
-        counts = pairs_per_view(self.n_views, pairs) if pairs else [1]
-        div = torch.tensor(counts, dtype=torch.float32, device=latents.device).view(-1, 1, 1, 1, 1)
-        cond = sums[1] / div
+        if self.windowed:
+            sums, div = self._window_sums(latents, iteration, pairs)
+        else:
+            sums = {b: torch.zeros_like(latents) for b in self.branches}
+            for plan, out in self.executor.run(self.calls_for(pairs), latents, iteration, self.progress):
+                for n, r in enumerate(plan.rows):
+                    sums[r.branch][r.view] += out[n]
+            counts = pairs_per_view(self.n_views, pairs) if pairs else [1]
+            one = torch.tensor(counts, dtype=torch.float32, device=latents.device).view(-1, 1, 1, 1, 1)
+            div = {b: one for b in self.branches}
+        cond = sums[1] / div[1]
         if self.masks:
-            cond = _blend_regional(cond, [sums[2 + e] / div for e in range(len(self.masks))], self.masks)
-        uncond = sums[0] / div if 0 in self.branches else None
+            cond = _blend_regional(cond, [_fused(sums[2 + e], div[2 + e]) for e in range(len(self.masks))],
+                                   self.masks)
+        uncond = sums[0] / div[0] if 0 in self.branches else None
         eps = cond if uncond is None else uncond + self.guidance_scale * (cond - uncond)
         stop_if_not_finite(eps, "noise prediction", iteration, self.model_dtype)
         return Prediction(eps, cond if with_parts else None, uncond if with_parts else None)
+
+    # -- context windows -------------------------------------------------------------------------
+
+    def _window_branches(self, window: Window) -> Tuple[int, ...]:
+        """The window's branches: an entity whose mask is empty in every view of the window adds no rows."""
+        index = torch.as_tensor(list(window), dtype=torch.long)
+        return tuple(b for b in self.branches
+                     if b < 2 or float(self.masks[b - 2].index_select(2, index.to(self.masks[b - 2].device)).max()) > 0)
+
+    def window_rows(self, window: Window) -> RowInputs:
+        """The inputs every call of ``window`` reads: texts, the window's Plücker maps and F matrices."""
+        return RowInputs(self.rows.texts, self.cameras.plucker(window),
+                         WindowFundamentals(self.rows.fundamentals, window), window)
+
+    def _window_sums(self, latents: torch.Tensor, iteration: Iteration, pairs: Sequence[Pair]):
+        """Per-branch sums of every window's rows, each weighted by its fuse weights, and their normaliser
+        ``div[b] [V, 1, F, 1, 1]`` (pair count per view x summed fuse weights per frame)."""
+        frames = latents.shape[2]
+        counts = torch.tensor(pairs_per_view(self.n_views, pairs) if pairs else [1], dtype=torch.float32)
+        sums = {b: torch.zeros_like(latents) for b in self.branches}
+        weight_sum = {b: torch.zeros(frames) for b in self.branches}
+        for window in self.windows(frames, iteration.step):
+            index = torch.as_tensor(list(window), dtype=torch.long)
+            weights = self.context.weights(window, frames)
+            a = weights.to(latents.device).view(1, -1, 1, 1)
+            branches = self._window_branches(window)
+            with self.executor.window(self.window_rows(window)):
+                part = latents.index_select(2, index.to(latents.device))
+                for plan, out in self.executor.run(self.calls_for(pairs, branches), part,
+                                                   iteration.in_window(window), self.progress):
+                    for n, r in enumerate(plan.rows):
+                        sums[r.branch][r.view].index_add_(1, index.to(latents.device), out[n] * a)
+            for b in branches:
+                weight_sum[b].index_add_(0, index, weights)
+        div = {b: (counts.view(-1, 1) * weight_sum[b].view(1, -1)).to(latents.device)
+               .view(self.n_views, 1, frames, 1, 1) for b in self.branches}
+        return sums, div
+
+
+def _fused(total: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``total / weight``, 0 where no window ran the branch (an entity's mask is 0 there: its value is unused)."""
+    return torch.where(weight > 0, total / weight.clamp(min=torch.finfo(torch.float32).tiny), torch.zeros_like(total))

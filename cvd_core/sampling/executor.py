@@ -21,7 +21,8 @@ there (the user cancelled) propagates out of ``run``.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -29,6 +30,7 @@ import torch
 from ..progress import Progress
 from .batching import CallPlan, plan_calls
 from .pairing import Pair
+from .window_inputs import pseudo_frames
 
 ROW_COND, ROW_UNCOND = 0, 1  # row kinds as ComfyUI numbers them (cond_or_uncond)
 
@@ -50,6 +52,7 @@ class Denoiser:
         self.module = denoiser
         self.predict = getattr(denoiser, "predict_noise", denoiser)
         self.pass_row_kinds = _accepts_keyword(self.predict, "row_kinds")
+        self.pass_pseudo_frames = _accepts_keyword(self.predict, "pseudo_frames")
         self.device = torch.device(getattr(denoiser, "device", default_device))
         dtype = getattr(denoiser, "dtype", None)
         self.dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
@@ -66,13 +69,18 @@ class RowInputs:
 
     ``texts[b]`` is ``[V, L, D]`` for branch b (0 = uncond, 1 = cond, 2 + e = entity e; an unused
     branch may be None); ``plucker [V, 6, F, H, W]``; ``fundamentals(i, j) -> [F, 3, 3]``.
+    ``window``: the clip frames of a context window these inputs are cut to (``window_inputs``),
+    None for the whole clip. In a window the calls pass ``pseudo_frames`` (the frames that get
+    first-frame pseudo lines) to denoisers that take it.
     """
 
     def __init__(self, texts: Sequence[Optional[torch.Tensor]], plucker: torch.Tensor,
-                 fundamentals: FundamentalLookup):
+                 fundamentals: FundamentalLookup, window: Optional[Sequence[int]] = None, cameras=None):
+        self.cameras = cameras  # WindowCameras of a windowed run (remote ranks build the windows' maps from them)
         self.texts = tuple(texts)
         self.plucker = plucker
         self.fundamentals = fundamentals
+        self.window = None if window is None else tuple(int(f) for f in window)
 
     def call(self, denoiser: Denoiser, plan: CallPlan, latents: torch.Tensor, t: int) -> torch.Tensor:
         """One denoiser call: the raw output ``[rows, C, F, h, w]`` on the denoiser's device and dtype."""
@@ -92,6 +100,8 @@ class RowInputs:
         timestep = torch.tensor(t, dtype=torch.long, device=dev)
         extra = {"row_kinds": [ROW_UNCOND if r.branch == 0 else ROW_COND for r in plan.rows]} \
             if denoiser.pass_row_kinds else {}
+        if self.window is not None and f_mats is not None and denoiser.pass_pseudo_frames:
+            extra["pseudo_frames"] = pseudo_frames(self.window, f_mats).to(dev)
         out = denoiser.predict(x, timestep, text, pl, f_mats, partner, **extra)
         if tuple(out.shape) != tuple(x.shape):
             raise ValueError(f"denoiser returned shape {list(out.shape)} for input {list(x.shape)}")
@@ -106,10 +116,15 @@ class Iteration:
     n_steps: int
     substep: int  # recurrence iteration within the step
     timestep: int
+    window: Optional[Tuple[int, ...]] = None  # the clip frames of a context window (None: all)
+
+    def in_window(self, window: Sequence[int]) -> "Iteration":
+        return replace(self, window=tuple(int(f) for f in window))
 
     def describe(self) -> str:
         sub = f", recurrence iteration {self.substep + 1}" if self.substep else ""
-        return f"step {self.step + 1}/{self.n_steps} (timestep {self.timestep}{sub})"
+        win = f", window of frames {self.window[0]}..{self.window[-1]}" if self.window else ""
+        return f"step {self.step + 1}/{self.n_steps} (timestep {self.timestep}{sub}{win})"
 
 
 Outputs = Iterator[Tuple[CallPlan, torch.Tensor]]
@@ -130,6 +145,16 @@ class RowExecutor:
 
     def begin(self, rows: RowInputs, run_pairs: Sequence[Pair], latents: torch.Tensor) -> None:
         self.rows = rows
+
+    @contextlib.contextmanager
+    def window(self, rows: RowInputs):
+        """The calls of ``run`` inside this block read a context window's inputs (``rows``); the latents
+        given to ``run`` are then the window's frames."""
+        whole, self.rows = self.rows, rows
+        try:
+            yield self
+        finally:
+            self.rows = whole
 
     def run(self, plans: List[List[CallPlan]], latents: torch.Tensor, iteration: Iteration,
             progress: Progress) -> Outputs:

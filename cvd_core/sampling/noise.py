@@ -44,3 +44,46 @@ def initial_noise(seed: int, n_views: int, channels: int, frames: int, height: i
                   device=None, dtype=torch.float32) -> torch.Tensor:
     """The starting latent x_T ``[V, C, F, h, w]`` for a seed (DDIM's init_noise_sigma is 1)."""
     return multiview_noise(seed, INITIAL, 0, 0, n_views, (channels, frames, height, width), device, dtype)
+
+
+FREENOISE = 0x4652_4545  # "FREE": the frame shuffles of FreeNoise's noise reuse
+
+
+def freenoise_order(seed: int, view: int, frames: int, length: int, overlap: int) -> torch.Tensor:
+    """Which drawn noise frame every frame of one view takes under FreeNoise: ``[F]`` int64.
+
+    FreeNoise (Qiu et al. 2023) keeps the noise of a long video close to one window's: frames
+    ``[0, L)`` keep their own noise; every later chunk of ``d = L - O`` frames ``[s, s + d)`` takes the
+    noise of the chunk ``L`` frames before it, ``[s - L, s - L + d)``, in a shuffled order (one
+    permutation per chunk and view, from stream (FREENOISE, chunk, 0, view)). Windows ``L`` apart
+    thus see the same noise frames in another order, so the content repeats less than with tiled
+    noise but stays coherent across windows.
+    """
+    order = torch.arange(frames)
+    hop = max(1, length - overlap)
+    for chunk, start in enumerate(range(length, frames, hop)):
+        size = min(hop, frames - start)
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(_generator_seed(seed, (FREENOISE, chunk, 0, view)))
+        shuffle = torch.randperm(size, generator=gen)
+        order[start:start + size] = order[start - length + shuffle]
+    return order
+
+
+def freenoise(noise: torch.Tensor, seed: int, length: int, overlap: int) -> torch.Tensor:
+    """``noise [V, C, F, h, w]`` with FreeNoise's reuse applied per view (``freenoise_order``); a clip of
+    at most ``length`` frames is returned unchanged."""
+    frames = noise.shape[2]
+    if frames <= length:
+        return noise
+    views = [noise[v].index_select(1, freenoise_order(seed, v, frames, length, overlap).to(noise.device))
+             for v in range(noise.shape[0])]
+    return torch.stack(views)
+
+
+def context_noise(noise: torch.Tensor, seed: int, context) -> torch.Tensor:
+    """The start noise under ``context`` (``ContextOptions`` or None): FreeNoise's reuse when its
+    ``freenoise`` is on, else the noise exactly as drawn."""
+    if context is None or not context.freenoise:
+        return noise
+    return freenoise(noise, seed, context.length, context.overlap)

@@ -223,6 +223,23 @@ def test_two_gloo_ranks_give_the_one_device_videos_and_a_bad_file_is_refused(clu
         run(DistributedExecutor([tiny], pool, bad, timeout_s=120))
 
 
+def test_windows_on_a_gloo_worker_give_the_one_device_videos(cluster, models_dir, tiny):
+    pool, _ = cluster
+    run = _window_runner(tiny, steps=1)
+    reference, floor_run = run(), run(max_batch=2)
+    executor = DistributedExecutor([tiny], pool, _recipe(models_dir, tiny), timeout_s=120)
+    assert _idle(pool)
+    split = run(executor)
+    windows = len(_context_windows(12))
+    assert executor.stats["workers"] == 1 and executor.stats["iterations"] == windows
+    assert float((split - reference).abs().max()) <= tolerance(reference, floor_run)
+
+
+def _context_windows(frames):
+    from cvd_core.sampling.context import ContextOptions
+    return ContextOptions(8, 2, "looped_uniform", closed_loop=True).windows(frames, 0)
+
+
 def test_a_hung_worker_times_out_with_the_step_and_rejoins(cluster, models_dir, tiny):
     pool, worker = cluster
     run = _runner(tiny, n_views=2, strategy="random", steps=30)  # CFG: one branch's rows on each rank
@@ -254,3 +271,32 @@ def test_a_hung_worker_times_out_with_the_step_and_rejoins(cluster, models_dir, 
     again = DistributedExecutor([tiny], pool, _recipe(models_dir, tiny), timeout_s=120)
     _runner(tiny, n_views=2, strategy="random")(again)
     assert again.stats["workers"] == 1  # the next job used it again
+
+
+# ------------------------------------------------------------------------------ context windows
+
+def _window_runner(model, frames=12, steps=2):
+    """2 views with CFG over looped windows of 8 (closed): wrapping windows, frame 0 inside a window."""
+    from cvd_core.sampling.context import ContextOptions
+    from cvd_core.sampling.window_inputs import WindowCameras
+
+    rig = make_preset_rig("circle", 2, frames, SIZE, SIZE)
+    _, fundamentals = camera_inputs(rig, maps=False)
+    g = torch.Generator().manual_seed(1)
+    cond, uncond = torch.randn(1, 77, TEXT, generator=g), torch.randn(1, 77, TEXT, generator=g)
+    x = initial_noise(7, 2, 4, frames, SIZE // 8, SIZE // 8)
+    context = ContextOptions(8, 2, "looped_uniform", closed_loop=True)
+
+    def run(executor=None, max_batch=None):
+        return sample_multiview(model, x, cond, uncond, None, fundamentals, DDIMScheduler(num_inference_steps=steps),
+                                guidance_scale=8.5, seed=7, max_batch=max_batch, executor=executor,
+                                context=context, cameras=WindowCameras.from_rig(rig))
+    return run
+
+
+def test_windows_on_cpu_cpu_give_the_one_device_videos(tiny):
+    run = _window_runner(tiny)
+    reference, floor_run = run(), run(max_batch=2)
+    assert torch.equal(reference, run())  # the same seed gives the same video
+    split = run(ThreadedExecutor([tiny, tiny]))
+    assert float((split - reference).abs().max()) <= tolerance(reference, floor_run)

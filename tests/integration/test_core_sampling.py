@@ -107,6 +107,16 @@ def test_lcm_on_mcm_sigmas_equals_the_packs_mcm(core_facts):
         assert lcm["lcm"] <= _bound(lcm), (steps, lcm)
 
 
+def test_context_windows_in_core_samplers_equal_the_pack_sampler(core_facts):
+    """Both loops get the denoiser's windows: euler (GUIDER on 0.3.64, the sampler input on 2024) equals the
+    pack's DDIM with the same context and FreeNoise; FreeNoise off is a different video (the bound can fail)."""
+    version, facts = core_facts
+    windows = facts["windows"]
+    assert windows["guider_api"] == (version != "2024") and windows["finite"] and windows["frames"] == 12
+    assert windows["euler"] <= _bound(windows), windows
+    assert windows["wrong_noise"] > 100 * _bound(windows), windows
+
+
 # ------------------------------------------------------------------------------ through the servers
 
 def _two_views(steps=3, frames=6):

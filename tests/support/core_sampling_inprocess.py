@@ -12,6 +12,8 @@ repository root. It loads the tiny test models through the pack's loader nodes a
   (strategy ``fixed``) as the size of a real mismatch.
 - ``lcm``: core ``lcm`` at 1 and 4 steps on MCM sigmas against the pack's MCM (MCM LoRA merged); between
   steps both add the pack's per-view step noise (``ViewNoiseSampler``).
+- ``windows``: 2 views x 12 frames in context windows of 8 (standard_uniform, FreeNoise): core ``euler`` on
+  ``cvd_ddim`` sigmas against the pack's DDIM, both through CVD Context Options (the same denoiser windows).
 """
 
 from __future__ import annotations
@@ -113,6 +115,48 @@ def run_lcm(node, model, steps: int, seed: int = 9) -> dict:
     return {"floor": floor, "lcm": _diff(samples, reference), "max_abs": float(reference.abs().max())}
 
 
+def run_windows(node, model, seed: int = 4, frames: int = 12, steps: int = 4) -> dict:
+    """Context windows (moving offsets, FreeNoise) in both loops: the pack's DDIM and core euler on cvd_ddim
+    sigmas (GUIDER where the ComfyUI has it, else the sampler's ``sampler`` input) share the denoiser's windows."""
+    import comfy.samplers
+    import torch
+    from cvd_core.camera import make_preset_rig
+
+    sampling, guider, core = node("sampling"), node("guider"), node("_core_sampling")
+    context = node("context").CONTEXT_OPTIONS.run(context_length=8, context_overlap=2, schedule="standard_uniform",
+                                                  fuse="pyramid", freenoise=True).values[0]
+    rig = make_preset_rig("circle", 2, frames, SIZE, SIZE)
+    common = dict(cvd_model=model, cameras=rig, positive=_conditioning(1), negative=_conditioning(2), cfg=8.5)
+
+    def pack(max_batch):
+        return sampling.SAMPLER.run(seed=seed, steps=steps, scheduler="ddim", strategy="random", recurrence=1,
+                                    max_batch=max_batch, denoise=1.0, context=context, **common).values[0]["samples"]
+
+    reference = pack(0)
+    sigmas = guider.SCHEDULER.run(scheduler="cvd_ddim", steps=steps, denoise=1.0).values[0]
+    sampler = comfy.samplers.sampler_object("euler")
+    if core.has_guider_api():
+        from comfy_extras.nodes_custom_sampler import SamplerCustomAdvanced
+
+        cvd_guider = guider.GUIDER.run(strategy="random", max_batch=0, context=context, **common).values[0]
+        empty = guider.EMPTY_LATENT.run(cameras=rig).values[0]
+        noise = guider.NOISE.run(noise_seed=seed).values[0]
+        result = SamplerCustomAdvanced().sample(noise, cvd_guider, sampler, sigmas, empty)
+        samples = result[0]["samples"] if isinstance(result, tuple) else result.result[0]["samples"]
+    else:
+        samples = sampling.SAMPLER.run(seed=seed, steps=steps, scheduler="ddim", strategy="random", recurrence=1,
+                                       max_batch=0, denoise=1.0, sigmas=sigmas, sampler=sampler, context=context,
+                                       **common).values[0]["samples"]
+    no_freenoise = node("context").CONTEXT_OPTIONS.run(context_length=8, context_overlap=2,
+                                                       schedule="standard_uniform", fuse="pyramid",
+                                                       freenoise=False).values[0]
+    other = sampling.SAMPLER.run(seed=seed, steps=steps, scheduler="ddim", strategy="random", recurrence=1,
+                                 max_batch=0, denoise=1.0, context=no_freenoise, **common).values[0]["samples"]
+    return {"floor": _diff(pack(2), reference), "euler": _diff(samples, reference), "frames": int(samples.shape[2]),
+            "max_abs": float(reference.abs().max()), "finite": bool(torch.isfinite(samples).all()),
+            "wrong_noise": _diff(other, reference), "guider_api": core.has_guider_api()}
+
+
 def main(argv) -> int:
     comfy_root, out = Path(argv[1]), Path(argv[2])
     cases = argv[3:] or list(CASES)
@@ -126,6 +170,8 @@ def main(argv) -> int:
         facts = {"parity": {name: run_case(node, model, name) for name in cases if name in CASES}}
         if "lcm" in cases or not argv[3:]:
             facts["lcm"] = {str(steps): run_lcm(node, model, steps) for steps in (1, 4)}
+        if "windows" in cases or not argv[3:]:
+            facts["windows"] = run_windows(node, model)
     out.write_text(json.dumps(facts, indent=2))
     return 0
 
