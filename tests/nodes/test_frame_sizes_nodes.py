@@ -181,3 +181,19 @@ def test_save_and_export_at_328x200(comfy_dirs, fmt):  # noqa: F811
                              dict(images=images, cameras=rig, filename_prefix="cvd/recon", scope="whole_video",
                                   formats="nerfstudio+colmap", image_format="png", skip_duplicate_cameras=True))
         assert result.ui
+
+
+def test_context_windows_at_odd_latent_sides(tiny_model):
+    """Issue 22's windows at a size whose latent sides are not multiples of 8: every window runs, and one window
+    that covers every frame is the path without windows."""
+    from nodes.context import SCHEMAS as CONTEXT_SCHEMAS
+
+    options, = run_checked(CONTEXT_SCHEMAS[0], dict(context_length=16, context_overlap=4, schedule="standard_static",
+                                                    fuse="pyramid", freenoise=False, context_stride=1,
+                                                    closed_loop=False)).values
+    long = _sample(tiny_model, ODD, cameras=_rig(ODD, frames=20), context=options)
+    assert long.shape[2] == 20 and torch.isfinite(long).all()
+    whole, = run_checked(CONTEXT_SCHEMAS[0], dict(context_length=FRAMES, context_overlap=0, schedule="standard_static",
+                                                  fuse="pyramid", freenoise=False, context_stride=1,
+                                                  closed_loop=False)).values
+    assert torch.equal(_sample(tiny_model, ODD, context=whole), _sample(tiny_model, ODD))
