@@ -177,3 +177,18 @@ def test_the_held_epsilon_gives_cores_held_x0():
     torch.testing.assert_close((x - (1 - a) ** 0.5 * held) / a ** 0.5, x0_core)  # float32 rounding only
     with pytest.raises(ValueError, match=r"noise mask must be \[2, 1, 3, 4, 4\]"):
         KnownRegion(start, mask[:1], noise)
+
+
+def test_latent_reshaping_nodes_keep_the_mask_and_other_keys(tiny_model):
+    """Through CVD Latent Frames To Image Latents (one mask per image latent, core's image convention) and back,
+    the mask and other packs' keys survive and the sampler reads the same mask."""
+    from nodes.vae import TO_IMAGE_LATENTS, TO_LATENT_FRAMES
+
+    start = _masked(_start(), _right_half())
+    images = TO_IMAGE_LATENTS.run(latent=start).values[0]
+    assert images["noise_mask"].shape == (VIEWS * FRAMES, 1, H, H) and images["other_pack_key"] == "kept"
+    back = TO_LATENT_FRAMES.run(latent=images, views=VIEWS, scale_factor=0.18215, shift_factor=0.0).values[0]
+    assert back["other_pack_key"] == "kept" and "cvd_temporal_compression" not in back
+    assert torch.equal(_latent.resize_noise_mask(back["noise_mask"], back["samples"].shape),
+                       _latent.resize_noise_mask(start["noise_mask"], start["samples"].shape))
+    torch.testing.assert_close(back["samples"], start["samples"])  # scale and unscale: rounding only
