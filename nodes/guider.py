@@ -130,7 +130,8 @@ GUIDER = NodeSchema(
     category=CATEGORY,
     description=("CVD's collaborative denoiser as a GUIDER for SamplerCustomAdvanced: any core sampler and scheduler "
                  "denoises all views together (view pairs, CFG and regional prompts as in CVD Multi-View Sampler). "
-                 "No recurrence: core samplers step once per sigma."),
+                 "No recurrence: core samplers step once per sigma. A latent's noise_mask is applied by core's own "
+                 "inpainting (docs/masks.md)."),
     inputs=[
         Input("cvd_model", CVD_MODEL, "The backbone from CVD Load Model (optionally with an MCM LoRA merged)."),
         Input("cameras", CAMERAS, "The camera rig: its views, frames and size must match the latent."),

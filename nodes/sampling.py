@@ -17,6 +17,10 @@ Regional prompts (scene director): connect ``layout`` (CVD Project Layout) and `
 Each entity's prompt steers the conditional noise prediction inside its projected mask in every
 view and frame (masked noise-prediction blending, see ``cvd_core.sampling.collaborative``); the
 masks are area-resized to the latent size. Each entity adds one set of conditional rows per step.
+
+Start latents and masks (docs/masks.md): a ``latent`` with a ``noise_mask`` (1 = regenerate, 0 = keep; CVD Start
+From Image, CVD Video As View, CVD Mask From Layout, core's Set Latent Noise Mask) is kept exactly where the mask is
+0, in the pack's loop (``cvd_core.sampling.inpaint``) and through a core sampler (core's own mask handling).
 """
 
 from __future__ import annotations
