@@ -53,8 +53,8 @@ def main(argv=None) -> int:
             SAMPLER.run(latent=latent, **common)
             seconds[name].append(time.perf_counter() - began)
     median = {name: statistics.median(values) for name, values in seconds.items()}
-    print(json.dumps({"args": vars(args), "median_s": median, "masked_over_unmasked": median["masked"] / median["unmasked"]},
-                     indent=2))
+    ratio = median["masked"] / median["unmasked"]
+    print(json.dumps({"args": vars(args), "median_s": median, "masked_over_unmasked": ratio}, indent=2))
     return 0
 
 

@@ -103,7 +103,8 @@ class MultiViewGuider:
 
         def body(denoiser):
             return core_sample(denoiser, sampler, sigmas, noise, latent_image, self.job.cvd_model,
-                               denoise_mask=denoise_mask, callback=step_done, disable_pbar=disable_pbar, seed=seed, on_model=self._bind)
+                               denoise_mask=denoise_mask, callback=step_done, disable_pbar=disable_pbar, seed=seed,
+                               on_model=self._bind)
 
         try:
             return self.job.run(seed, cancel_only_progress(progress), body)

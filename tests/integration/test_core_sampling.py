@@ -147,7 +147,8 @@ def test_masks_on_the_core_path(core_facts):
     version, facts = core_facts
     assert set(facts["masks"]) == {"2v_random", "3v_random_regional", "2v_random_cpu_cpu"}
     for name, case in facts["masks"].items():
-        for flag in ("zeros_equal_start", "ones_equal_unmasked", "half_outside_equal_start", "pack_outside_equal_start"):
+        flags = ("zeros_equal_start", "ones_equal_unmasked", "half_outside_equal_start", "pack_outside_equal_start")
+        for flag in flags:
             assert case[flag], (version, name, flag, case)
         assert case["half_inside_moved"] > 0 and case["unmasked_moved"] > 1e-2, (version, name, case)
         assert case["pack_vs_core_half"] <= _bound(case), (version, name, case)

@@ -143,7 +143,8 @@ def run_masks(node, model, name: str, seed: int = 5) -> dict:
 
     def pack(mask, max_batch=0):
         return sampling.SAMPLER.run(seed=seed, steps=MASK_STEPS, scheduler="ddim", strategy=strategy, recurrence=1,
-                                    max_batch=max_batch, denoise=1.0, latent=latent(mask), **common).values[0]["samples"]
+                                    max_batch=max_batch, denoise=1.0, latent=latent(mask),
+                                    **common).values[0]["samples"]
 
     unmasked = _core_run(node, common, rig, strategy, seed, latent())
     zeros = _core_run(node, common, rig, strategy, seed, latent(torch.zeros(views * FRAMES, SIZE, SIZE)))
@@ -151,7 +152,8 @@ def run_masks(node, model, name: str, seed: int = 5) -> dict:
     core_half = _core_run(node, common, rig, strategy, seed, latent(half))
     pack_half = pack(half)
     top, bottom = (slice(None),) * 3 + (slice(0, h // 2),), (slice(None),) * 3 + (slice(h // 2, h),)
-    out = {"zeros_equal_start": bool(torch.equal(zeros, start)), "ones_equal_unmasked": bool(torch.equal(ones, unmasked)),
+    out = {"zeros_equal_start": bool(torch.equal(zeros, start)),
+           "ones_equal_unmasked": bool(torch.equal(ones, unmasked)),
            "half_outside_equal_start": bool(torch.equal(core_half[top], start[top])),
            "half_inside_moved": float((core_half[bottom] - start[bottom]).abs().min()),
            "unmasked_moved": _diff(unmasked, start),
