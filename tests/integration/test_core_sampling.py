@@ -5,6 +5,9 @@
   float32 bound of the computation, for 2 and 3 views, random and all_pairs, with regional prompts and on
   ``cpu,cpu``; lcm at 1 and 4 steps equals the pack's MCM. Through the GUIDER + SamplerCustomAdvanced on 0.3.64,
   through the sampler node's ``sampler`` input on 2024-03 (which has no GUIDER sampling).
+- Masks, in the same process: a start latent with a noise_mask through core's own mask handling equals the start
+  latent where the mask is 0 and the unmasked run where it is 1 (bitwise), and the pack's masked loop within the
+  float32 bound (docs/masks.md).
 - Through the real servers: the ``sampler`` input with progress and previews on both; on 0.3.64, six core
   samplers x three schedulers run to completion (a non-finite result stops the run with an error), and the
   GUIDER path reports progress and previews.

@@ -12,7 +12,6 @@ import torch
 
 from cvd_core.camera import make_preset_rig
 from cvd_core.cvd import load_cvd_model, write_tiny_cvd_files
-from cvd_core.sampling import KnownRegion
 from nodes import _latent
 from nodes._comfy import NodeInputError
 from nodes._schema import run_checked, validation_answer
@@ -162,21 +161,6 @@ def test_mask_values_outside_zero_one_are_refused(tiny_model):
     for bad in (torch.full((VIEWS * FRAMES, SIZE, SIZE), 1.5), torch.full((VIEWS * FRAMES, SIZE, SIZE), float("nan"))):
         with pytest.raises(NodeInputError, match=r"noise_mask must hold values in \[0, 1\]"):
             _sample(tiny_model, _masked(_start(), bad))
-
-
-def test_the_held_epsilon_gives_cores_held_x0():
-    """KnownRegion's epsilon, stepped from the running latent, has the x0 of core's KSamplerX0Inpaint:
-    m * x0(x_in) + (1 - m) * start, also for soft masks."""
-    g = torch.Generator().manual_seed(0)
-    start, noise, x, eps = (torch.randn(2, 4, 3, 4, 4, generator=g) for _ in range(4))
-    mask = torch.rand(2, 1, 3, 4, 4, generator=g)
-    region, a = KnownRegion(start, mask, noise), 0.3
-    x_in = region.model_input(x, a)
-    held = region.held_eps(eps, x, x_in, a)
-    x0_core = mask * (x_in - (1 - a) ** 0.5 * eps) / a ** 0.5 + (1 - mask) * start
-    torch.testing.assert_close((x - (1 - a) ** 0.5 * held) / a ** 0.5, x0_core)  # float32 rounding only
-    with pytest.raises(ValueError, match=r"noise mask must be \[2, 1, 3, 4, 4\]"):
-        KnownRegion(start, mask[:1], noise)
 
 
 def test_latent_reshaping_nodes_keep_the_mask_and_other_keys(tiny_model):
