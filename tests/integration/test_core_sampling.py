@@ -78,6 +78,22 @@ def test_lcm_on_mcm_sigmas_equals_the_packs_mcm(core_facts):
         assert lcm["lcm"] <= _bound(lcm), (steps, lcm)
 
 
+def test_masks_on_the_core_path(core_facts):
+    """A start latent with a noise_mask through core's own mask handling (docs/masks.md): mask all 0 gives the start
+    latent, all 1 the unmasked run (bitwise); a half mask keeps the other half bitwise and equals the pack's masked
+    loop within the float32 bound; every accepted mask form gives the same latent. With regional prompts and on
+    cpu,cpu."""
+    version, facts = core_facts
+    assert set(facts["masks"]) == {"2v_random", "3v_random_regional", "2v_random_cpu_cpu"}
+    for name, case in facts["masks"].items():
+        flags = ("zeros_equal_start", "ones_equal_unmasked", "half_outside_equal_start", "pack_outside_equal_start")
+        for flag in flags:
+            assert case[flag], (version, name, flag, case)
+        assert case["half_inside_moved"] > 0 and case["unmasked_moved"] > 1e-2, (version, name, case)
+        assert case["pack_vs_core_half"] <= _bound(case), (version, name, case)
+    assert facts["masks"]["2v_random"]["forms_equal"]
+
+
 # ------------------------------------------------------------------------------ through the servers
 
 def _two_views(steps=3, frames=6):
@@ -141,18 +157,3 @@ def test_core_samplers_and_schedulers_run_to_completion(comfy_server_v3):
         entry = server.wait(prompt_id, timeout=600)  # raises with the node's error (a NaN result is one)
         assert entry["outputs"].get("15"), (combo, entry.get("outputs"))
 
-
-def test_masks_on_the_core_path(core_facts):
-    """A start latent with a noise_mask through core's own mask handling (docs/masks.md): mask all 0 gives the start
-    latent, all 1 the unmasked run (bitwise); a half mask keeps the other half bitwise and equals the pack's masked
-    loop within the float32 bound; every accepted mask form gives the same latent. With regional prompts and on
-    cpu,cpu."""
-    version, facts = core_facts
-    assert set(facts["masks"]) == {"2v_random", "3v_random_regional", "2v_random_cpu_cpu"}
-    for name, case in facts["masks"].items():
-        flags = ("zeros_equal_start", "ones_equal_unmasked", "half_outside_equal_start", "pack_outside_equal_start")
-        for flag in flags:
-            assert case[flag], (version, name, flag, case)
-        assert case["half_inside_moved"] > 0 and case["unmasked_moved"] > 1e-2, (version, name, case)
-        assert case["pack_vs_core_half"] <= _bound(case), (version, name, case)
-    assert facts["masks"]["2v_random"]["forms_equal"]
