@@ -2,6 +2,7 @@
 it declares. The start-latent workflows (docs/masks.md) also save their latents (SaveLatent), and their
 bit-identity claims are checked on those files."""
 
+import copy
 import io
 
 import pytest
@@ -142,3 +143,18 @@ def _check_video_to_views(prompt, latents):
 
 LATENT_CHECKS = {"cvd_image_to_multiview": _check_image_to_multiview, "cvd_edit_entity": _check_edit_entity,
                  "cvd_video_to_views": _check_video_to_views}
+
+
+def test_a_mask_of_the_wrong_size_is_refused_with_the_shapes(each_comfy_server):
+    """Core's Set Latent Noise Mask with a 48x48 mask on the 64x64 rig's start latent: the sampler refuses it before
+    sampling, naming the mask's and the latent's shapes."""
+    prompt = copy.deepcopy(_strip_meta(WORKFLOWS_BY_NAME["cvd_image_to_multiview"]))  # the shipped one stays as is
+    sampler = next(k for k, v in prompt.items() if v["class_type"] == "CVD_MultiViewSampler")
+    prompt["90"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 48, "height": 48}}
+    prompt["91"] = {"class_type": "SetLatentNoiseMask",
+                    "inputs": {"samples": prompt[sampler]["inputs"]["latent"], "mask": ["90", 0]}}
+    prompt[sampler]["inputs"]["latent"] = ["91", 0]
+    message = each_comfy_server.failure_of(prompt, timeout=300)
+    # core stores the mask as [1, 1, 48, 48] (its [-1, 1, H, W] reshape)
+    assert "CVD Multi-View Sampler" in message and "noise_mask [1, 1, 48, 48] does not fit the latent [4, 4, 8, 8, 8]" \
+        in message and "[32, 64, 64]" in message, message
