@@ -19,6 +19,10 @@ Conventions settled here:
   per step (euler, ddim, lcm, dpmpp_2m) pairs the views exactly as the pack's loop does; heun's second
   call gets a fresh matching. Samplers that add white noise between steps (ancestral, lcm) draw the pack's
   per-view step streams (``ViewNoiseSampler``).
+- A noise mask ``[V, 1, F, h, w]`` (``nodes/_latent.py`` resizes every accepted form) goes to core as
+  ``denoise_mask``: core's ``KSamplerX0Inpaint`` re-noises the known region and holds its x0, as the pack's
+  ``KnownRegion`` does; the result is then ``m * x + (1 - m) * start`` so it is the start latent *exactly*
+  where the mask is 0 (a sampler's last step ``x + d * (0 - sigma)`` only rounds to it).
 """
 
 from __future__ import annotations
@@ -264,7 +268,8 @@ def core_sample(denoiser, sampler, sigmas: torch.Tensor, noise: torch.Tensor, la
                 patcher, denoise_mask=None, callback: Optional[Callable] = None, disable_pbar: bool = False,
                 seed: int = 0, on_model: Optional[Callable] = None) -> torch.Tensor:
     """Run core ``sampler`` on ``sigmas`` around ``denoiser`` (a CollaborativeDenoiser, bound here);
-    ``on_model(model)`` sees the model wrapper (a guider's ``predict_noise`` delegates to it)."""
+    ``on_model(model)`` sees the model wrapper (a guider's ``predict_noise`` delegates to it).
+    ``denoise_mask``: None or ``[V, 1, F, h, w]`` in [0, 1] (1 = regenerate), already at latent size."""
     sampling = cvd_model_sampling()
     view = PatcherView(patcher, sampling)
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32).flatten().cpu()
@@ -277,6 +282,8 @@ def core_sample(denoiser, sampler, sigmas: torch.Tensor, noise: torch.Tensor, la
     if _x0_inpaint_takes_conds():
         extra_args.update(cond=None, uncond=None, cond_scale=denoiser.guidance_scale)
     sampler = with_view_noise(sampler, seed, sigmas, latent_image.shape)
+    if denoise_mask is not None:
+        denoise_mask = denoise_mask.float().cpu()
     with denoiser.session(latent_image):
         with torch.no_grad():
             samples = sampler.sample(model, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
@@ -284,4 +291,7 @@ def core_sample(denoiser, sampler, sigmas: torch.Tensor, noise: torch.Tensor, la
     # a sampler that diverges (too few steps for its order, a bad schedule) must stop here, not write NaN videos
     require_finite(samples, "the sampled latents", axes=("view", "channel", "frame"),
                    hint="try another sampler or scheduler, or more steps")
-    return samples.float()
+    samples = samples.float()
+    if denoise_mask is not None:
+        samples = samples * denoise_mask + latent_image * (1.0 - denoise_mask)
+    return samples

@@ -10,6 +10,7 @@ from cvd_core.parallel.devices import DeviceSpecError, parse_devices
 from cvd_core.sampling import STRATEGIES, initial_noise
 from cvd_core.sampling.noise import context_noise
 
+from . import _latent
 from ._comfy import NodeInputError, cancel_only_progress, progress_bar, sd15_latent_preview
 from ._core_sampling import (PatcherView, core_sample, core_schedule, core_scheduler_names, cvd_ddim_sigmas,
                              cvd_model_sampling, has_guider_api)
@@ -82,9 +83,11 @@ class MultiViewGuider:
         if sigmas.shape[-1] == 0:
             return latent_image
         latent_image = self._checked_latent(latent_image)
-        if denoise_mask is not None:
-            raise NodeInputError("latent_image has a noise mask, which CVD Multi-View Guider does not apply yet: "
-                                 "remove Set Latent Noise Mask before SamplerCustomAdvanced")
+        if denoise_mask is not None:  # SamplerCustomAdvanced hands over the latent's noise_mask as it is
+            try:
+                denoise_mask = _latent.resize_noise_mask(denoise_mask, latent_image.shape)
+            except _latent.MaskShapeError as exc:
+                raise NodeInputError(f"latent_image's {exc}") from None
         if tuple(noise.shape) != tuple(latent_image.shape):
             raise NodeInputError(f"noise must match the latent {list(latent_image.shape)}, got {list(noise.shape)}")
         seed = int(seed or 0)
@@ -103,7 +106,8 @@ class MultiViewGuider:
 
         def body(denoiser):
             return core_sample(denoiser, sampler, sigmas, noise, latent_image, self.job.cvd_model,
-                               callback=step_done, disable_pbar=disable_pbar, seed=seed, on_model=self._bind)
+                               denoise_mask=denoise_mask, callback=step_done, disable_pbar=disable_pbar, seed=seed,
+                               on_model=self._bind)
 
         try:
             return self.job.run(seed, cancel_only_progress(progress), body)
@@ -130,7 +134,8 @@ GUIDER = NodeSchema(
     category=CATEGORY,
     description=("CVD's collaborative denoiser as a GUIDER for SamplerCustomAdvanced: any core sampler and scheduler "
                  "denoises all views together (view pairs, CFG and regional prompts as in CVD Multi-View Sampler). "
-                 "No recurrence: core samplers step once per sigma."),
+                 "No recurrence: core samplers step once per sigma. A latent's noise_mask is applied by core's own "
+                 "inpainting (docs/masks.md)."),
     inputs=[
         Input("cvd_model", CVD_MODEL, "The backbone from CVD Load Model (optionally with an MCM LoRA merged)."),
         Input("cameras", CAMERAS, "The camera rig: its views, frames and size must match the latent."),

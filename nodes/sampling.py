@@ -17,6 +17,10 @@ Regional prompts (scene director): connect ``layout`` (CVD Project Layout) and `
 Each entity's prompt steers the conditional noise prediction inside its projected mask in every
 view and frame (masked noise-prediction blending, see ``cvd_core.sampling.denoiser``); the
 masks are area-resized to the latent size. Each entity adds one set of conditional rows per step.
+
+Start latents and masks (docs/masks.md): a ``latent`` with a ``noise_mask`` (1 = regenerate, 0 = keep; CVD Start
+From Image, CVD Video As View, CVD Mask From Layout, core's Set Latent Noise Mask) is kept exactly where the mask is
+0, in the pack's loop (``cvd_core.sampling.inpaint``) and through a core sampler (core's own mask handling).
 """
 
 from __future__ import annotations
@@ -30,13 +34,14 @@ import torch
 from cvd_core.camera import CameraError, pair_fundamentals, plucker_embedding
 from cvd_core.guards import require_finite
 from cvd_core.mcm import MCMScheduler
-from cvd_core.sampling import (DDIMScheduler, STRATEGIES, CollaborativeDenoiser, PairingPlan, initial_noise,
-                               multiview_loop)
+from cvd_core.sampling import (DDIMScheduler, STRATEGIES, CollaborativeDenoiser, KnownRegion, PairingPlan,
+                               initial_noise, multiview_loop)
 from cvd_core.sampling.batching import estimate_max_batch, estimate_row_bytes, min_rows_per_call, rows_per_iteration
 from cvd_core.sampling.context import ContextOptions
 from cvd_core.sampling.noise import context_noise
 from cvd_core.sampling.window_inputs import WindowCameras
 
+from . import _latent
 from ._comfy import NodeInputError, cancel_only_progress, progress_bar, sd15_latent_preview
 from ._managed import computing, free_bytes, module_of, out_of_memory_types
 from ._scale_out import executor_for
@@ -49,7 +54,7 @@ from .scene import LAYOUT
 CATEGORY = "CVD/sampling"
 SCHEDULERS = ["ddim", "mcm"]
 LATENT_CHANNELS = 4
-SD_LATENT_SCALE = 0.18215  # SD1.5's VAE scaling: the UNet works on z * 0.18215
+SD_LATENT_SCALE = _latent.SD_LATENT_SCALE
 MAX_WINDOWED_FRAMES = 512  # with context windows: memory follows the window, time the length
 
 
@@ -225,27 +230,41 @@ def make_scheduler(scheduler: str, steps: int, denoise: float, sigmas=None):
     raise NodeInputError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
 
 
-def _start_latent(latent, rig, seed: int, sched, context=None) -> torch.Tensor:
-    """x_T: seeded noise (FreeNoise's reuse with the context's freenoise on), or the given latent noised to the
-    first timestep (partial denoise)."""
+def _start_latent(latent, rig, seed: int, sched, context=None):
+    """``(x_T, known)``: seeded noise (FreeNoise's reuse with the context's freenoise on), or the given latent noised
+    to the first timestep (partial denoise; the clean latent is kept where its noise_mask is 0: ``known``, a
+    ``KnownRegion`` or None)."""
     noise = context_noise(initial_noise(seed, rig.n_views, *_view_shape(rig)), seed, context)
     if latent is None:
-        return noise
-    return sched.add_noise(_checked_start(latent, rig), noise, 0)
+        return noise, None
+    clean = _checked_start(latent, rig)
+    mask = _checked_mask(latent, rig)
+    return sched.add_noise(clean, noise, 0), (None if mask is None else KnownRegion(clean, mask, noise))
 
 
 def _checked_start(latent, rig) -> torch.Tensor:
     """The start latent as float32 ``[V, 4, F, h, w]``, refused unless it matches the cameras."""
     shape = (rig.n_views,) + _view_shape(rig)
-    samples = latent["samples"] if isinstance(latent, dict) else latent
+    samples = _latent.samples_of(latent)
     if samples.dim() != 5 or tuple(samples.shape) != shape:
         raise NodeInputError(f"latent must be a 5-D video latent {list(shape)} [views, 4, frames, height/8, width/8] "
                              f"matching the cameras, got {list(samples.shape)}")
     require_finite(samples, "latent", axes=("view", "channel", "frame"))
-    if isinstance(latent, dict) and int(latent.get("cvd_temporal_compression", 1)) != 1:
+    if _latent.temporal_compression(latent) != 1:
         raise NodeInputError("latent has temporally compressed frames (CV-VAE); the CVD sampler needs one latent "
                              "frame per video frame (encode the frames with VAE Encode + Image Latents To Latent Frames)")
     return samples.float().cpu()
+
+
+def _checked_mask(latent, rig) -> Optional[torch.Tensor]:
+    """The latent's noise_mask as ``[V, 1, F, h, w]`` (None without one), refused unless it fits the cameras."""
+    mask = _latent.noise_mask_of(latent)
+    if mask is None:
+        return None
+    try:
+        return _latent.resize_noise_mask(mask, (rig.n_views,) + _view_shape(rig))
+    except _latent.MaskShapeError as exc:
+        raise NodeInputError(f"latent's {exc}") from None
 
 
 def _view_shape(rig):
@@ -363,10 +382,10 @@ def prepare_job(cvd_model, cameras, positive, negative, cfg, strategy, max_batch
                        WindowCameras.from_rig(rig) if windowed else None)
 
 
-def video_latent(samples: torch.Tensor, rig) -> dict:
-    """The pack's 5-D LATENT dict (one latent frame per video frame, UNet-scaled)."""
-    return {"samples": samples.cpu(), "views": rig.n_views, "cvd_frames": rig.n_frames,
-            "cvd_temporal_compression": 1, "cvd_latent_scale": SD_LATENT_SCALE, "cvd_latent_shift": 0.0}
+def video_latent(samples: torch.Tensor, rig, base=None) -> dict:
+    """The pack's 5-D LATENT dict (one latent frame per video frame, UNet-scaled); a copy of ``base`` (the start
+    latent, as core's ``latent.copy()``: its noise_mask and other keys stay) when given."""
+    return _latent.video_latent(samples, rig.n_frames, base=base if isinstance(base, dict) else None)
 
 
 def _core_sampler_sigmas(sampler_sigmas, sched) -> torch.Tensor:
@@ -385,13 +404,13 @@ def _run_sampler(cvd_model, cameras, positive, negative, seed, steps, cfg, sched
     progress = progress_bar(unique_id)
     if sampler is not None:
         return Result((video_latent(_run_core_sampler(job, sampler, sigmas, scheduler, steps, denoise, latent,
-                                                      seed, progress), job.rig),))
+                                                      seed, progress), job.rig, latent),))
     sched = make_scheduler(scheduler, steps, denoise, sigmas)
-    start = _start_latent(latent, job.rig, seed, sched, job.context)
+    start, known = _start_latent(latent, job.rig, seed, sched, job.context)
     preview = sd15_latent_preview(progress)
-    samples = job.run(seed, progress,
-                      lambda denoiser: multiview_loop(denoiser, start, sched, recurrence, seed, progress, preview))
-    return Result((video_latent(samples, job.rig),))
+    samples = job.run(seed, progress, lambda denoiser: multiview_loop(denoiser, start, sched, recurrence, seed,
+                                                                       progress, preview, known))
+    return Result((video_latent(samples, job.rig, latent),))
 
 
 def _run_core_sampler(job: SamplingJob, sampler, sigmas, scheduler, steps, denoise, latent, seed, progress):
@@ -401,6 +420,7 @@ def _run_core_sampler(job: SamplingJob, sampler, sigmas, scheduler, steps, denoi
     run_sigmas = _core_sampler_sigmas(sigmas, None if sigmas is not None else make_scheduler(scheduler, steps, denoise))
     noise = context_noise(initial_noise(seed, *job.latent_shape), seed, job.context)
     clean = torch.zeros(job.latent_shape) if latent is None else _checked_start(latent, job.rig)
+    mask = None if latent is None else _checked_mask(latent, job.rig)
     steps_done = cancel_only_progress(progress)
     preview = sd15_latent_preview(progress)
     progress.start(len(run_sigmas) - 1)
@@ -411,7 +431,7 @@ def _run_core_sampler(job: SamplingJob, sampler, sigmas, scheduler, steps, denoi
             preview(step, total_steps, x0[0])
 
     return job.run(seed, steps_done, lambda denoiser: core_sample(
-        denoiser, sampler, run_sigmas, noise, clean, job.cvd_model, callback=callback, seed=seed))
+        denoiser, sampler, run_sigmas, noise, clean, job.cvd_model, denoise_mask=mask, callback=callback, seed=seed))
 
 
 def _mcm_steps_rule(steps, scheduler):
@@ -439,6 +459,17 @@ def _core_sampler_rule(sampler, recurrence):
         return (f"recurrence must be 1 when a core sampler is connected (re-noising between a step's iterations "
                 f"is the pack's own loop; core samplers step once per sigma), got {recurrence}")
     return None
+
+
+def _noise_mask_rule(latent, cameras):
+    """A noise_mask that cannot fit the cameras' latent is refused before anything runs (shapes named)."""
+    if not isinstance(latent, dict) or not hasattr(cameras, "as_rig"):
+        return None  # links: checked again when the node runs, with the values
+    try:
+        rig = cameras.as_rig()
+    except Exception:
+        return None  # the sampler's own check names the camera problem
+    return _latent.mask_problem(latent, (rig.n_views,) + _view_shape(rig))
 
 
 def _regional_rule(layout, entity_prompts):
@@ -478,8 +509,8 @@ SAMPLER = NodeSchema(
               "memory.", default=0, min=0, max=256),
         Input("denoise", "FLOAT", "Fraction of the schedule to run; below 1 needs 'latent' (video-to-video).",
               default=1.0, min=0.01, max=1.0, step=0.01),
-        Input("latent", "LATENT", "Optional 5-D start latent [views, 4, frames, h, w] for denoise below 1.",
-              optional=True),
+        Input("latent", "LATENT", "Optional 5-D start latent for denoise below 1; a noise_mask keeps it where 0 "
+              "(docs/masks.md).", optional=True),
         Input("sigmas", "SIGMAS", "Optional schedule (CVD MCM Scheduler with mcm, or CVD Scheduler with a sampler).",
               optional=True),
         Input("layout", LAYOUT, "Optional scene layout (CVD Project Layout) placing entity_prompts. Needs "
@@ -496,7 +527,7 @@ SAMPLER = NodeSchema(
     outputs=[Output("LATENT", "latent", "Video latents [views, 4, frames, h, w], UNet-scaled, one per video frame.")],
     run=_run_sampler,
     hidden=("unique_id",),
-    rules=[_mcm_steps_rule, _denoise_rule, _sigmas_rule, _core_sampler_rule, _regional_rule],
+    rules=[_mcm_steps_rule, _denoise_rule, _sigmas_rule, _core_sampler_rule, _regional_rule, _noise_mask_rule],
 )
 
 SCHEMAS = [SAMPLER]

@@ -19,6 +19,7 @@ from cvd_core.cvvae.tiling import MIN_TILE_PX
 from cvd_core.dtypes import resolve_dtype
 from cvd_core.guards import precision_hint, require_finite
 
+from . import _latent
 from ._comfy import NodeInputError, list_model_entries, progress_bar, register_model_folder, resolve_model_entry
 from ._managed import computing, devices, free_bytes, manage, module_of
 from ._schema import Input, NodeSchema, Output, Result
@@ -236,8 +237,16 @@ def _run_to_image_latents(latent):
     scale = float(latent.get("cvd_latent_scale", 1.0))
     shift = float(latent.get("cvd_latent_shift", 0.0))
     images = samples.permute(0, 2, 1, 3, 4).reshape(views * frames, channels, *samples.shape[3:])
-    out = {"samples": images / scale + shift, "views": views, "cvd_latent_frames": frames,
-           "cvd_frames": latent.get("cvd_frames"), "cvd_latent_scale": scale, "cvd_latent_shift": shift}
+    mask = _latent.noise_mask_of(latent)
+    if mask is not None:  # one mask per image latent, in the batch's view-major order (core's image convention)
+        try:
+            mask = _latent.per_frame_mask(_latent.resize_noise_mask(mask, samples.shape))
+        except _latent.MaskShapeError as exc:
+            raise NodeInputError(f"latent's {exc}") from None
+    # a copy, as core's nodes do: other packs' keys stay
+    out = _latent.derived(latent, images / scale + shift, views=views, cvd_latent_frames=frames,
+                          cvd_frames=latent.get("cvd_frames"), cvd_latent_scale=scale, cvd_latent_shift=shift,
+                          cvd_temporal_compression=None, noise_mask=mask)
     return Result((out,))
 
 
@@ -265,10 +274,11 @@ def _run_to_latent_frames(latent, views, scale_factor, shift_factor):
     scale = float(latent.get("cvd_latent_scale", scale_factor))
     shift = float(latent.get("cvd_latent_shift", shift_factor))
     video = samples.reshape(views, frames, *samples.shape[1:]).permute(0, 2, 1, 3, 4)
-    out = {"samples": (video - shift) * scale, "views": views, "cvd_latent_scale": scale,
-           "cvd_latent_shift": shift}
-    if latent.get("cvd_frames") is not None and latent.get("cvd_latent_frames") == frames:
-        out["cvd_frames"] = latent["cvd_frames"]
+    known_frames = latent.get("cvd_frames") is not None and latent.get("cvd_latent_frames") == frames
+    # a copy (other keys stay); a noise_mask of the image batch [views x T, ...] is one of the 5-D latent's forms
+    out = _latent.derived(latent, (video - shift) * scale, views=views, cvd_latent_scale=scale,
+                          cvd_latent_shift=shift, cvd_frames=latent["cvd_frames"] if known_frames else None,
+                          cvd_latent_frames=None, cvd_temporal_compression=None)
     return Result((out,))
 
 

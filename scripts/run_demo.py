@@ -153,7 +153,13 @@ def main() -> int:
         print(f"[demo] starting ComfyUI (the real server) in {tmp} ...", flush=True)
         with server:
             print(f"[demo] ComfyUI ready at {server.url} after {server.start_seconds:.1f} s", flush=True)
+            info = server.object_info()
             for name, prompt, ui in prompts:
+                lacking = sorted({v["class_type"] for v in prompt.values()} - set(info))
+                if lacking:  # e.g. SamplerCustomAdvanced: GUIDER sampling came after this ComfyUI (2024-03)
+                    print(f"[demo] {name}: skipped, this ComfyUI has no {', '.join(lacking)} (run it in a current "
+                          "ComfyUI)", flush=True)
+                    continue
                 started = time.monotonic()
                 entry = server.run(prompt, workflow=ui, timeout=3600)
                 print(f"[demo] {name}: done in {time.monotonic() - started:.1f} s", flush=True)

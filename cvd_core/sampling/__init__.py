@@ -8,6 +8,7 @@ Public entry points: ``CollaborativeDenoiser`` (the one denoiser of a step), ``m
 from .batching import estimate_max_batch, estimate_row_bytes, plan_calls
 from .collaborative import multiview_loop, sample_multiview
 from .context import ContextOptions
+from .inpaint import KnownRegion
 from .denoiser import CollaborativeDenoiser, PairingPlan, Prediction
 from .ddim import DDIMScheduler, ddim_timesteps
 from .noise import initial_noise, multiview_noise
@@ -17,7 +18,8 @@ from .scheduler_base import DiscreteScheduler, StepOutput
 from .window_inputs import WindowCameras
 
 __all__ = [
-    "CollaborativeDenoiser", "ContextOptions", "PairingPlan", "Prediction", "WindowCameras", "multiview_loop",
+    "CollaborativeDenoiser", "ContextOptions", "KnownRegion", "PairingPlan", "Prediction", "WindowCameras",
+    "multiview_loop",
     "DDIMScheduler", "DiscreteScheduler", "MAX_VIEWS", "STRATEGIES", "StepOutput", "ddim_timesteps",
     "estimate_max_batch", "estimate_row_bytes", "initial_noise", "make_alphas_cumprod", "make_betas",
     "multiview_noise", "pair_schedule", "pairs_per_view", "plan_calls", "sample_multiview",

@@ -20,6 +20,7 @@ from . import noise as noise_streams
 from .context import ContextOptions
 from .denoiser import CollaborativeDenoiser, FundamentalSource, PairingPlan, Regional, stop_if_not_finite
 from .executor import Iteration, RowExecutor
+from .inpaint import KnownRegion
 from .pairing import MAX_VIEWS
 from .scheduler_base import DiscreteScheduler
 from .window_inputs import WindowCameras
@@ -55,16 +56,20 @@ def _iterations(n_steps: int, recurrence: int):
 @torch.no_grad()
 def multiview_loop(denoiser: CollaborativeDenoiser, latents_init: torch.Tensor, scheduler: DiscreteScheduler,
                    recurrence: int = 1, seed: int = 0, progress: Optional[Progress] = None,
-                   preview_callback: Optional[PreviewCallback] = None) -> torch.Tensor:
+                   preview_callback: Optional[PreviewCallback] = None,
+                   known: Optional[KnownRegion] = None) -> torch.Tensor:
     """The pack's loop over ``scheduler.timesteps`` around ``denoiser``; returns float32 latents.
 
     ``progress``: ``start(total denoiser calls)`` here, ``advance(1)`` per call (by the denoiser's
     executor, which must share this progress). ``preview_callback(step, n_steps, x0_view0)`` per step.
+    ``known``: a start latent kept where its mask is 0 (``inpaint.KnownRegion``: re-noised before each call,
+    its prediction held, exactly the start latent at the end).
     """
     if recurrence < 1:
         raise ValueError(f"recurrence must be >= 1, got {recurrence}")
     progress = ensure_progress(progress)
     latents = latents_init.to(torch.float32).clone()
+    known = known.to(latents.device) if known is not None else None
     n_views, view_shape = latents.shape[0], tuple(latents.shape[1:])
     n_steps = len(scheduler.timesteps)
     schedule = _iterations(n_steps, recurrence)
@@ -76,7 +81,11 @@ def multiview_loop(denoiser: CollaborativeDenoiser, latents_init: torch.Tensor, 
         for i, t in enumerate(scheduler.timesteps):
             for i_, r in schedule[i]:
                 iteration = Iteration(i, n_steps, r, int(t))
-                eps = denoiser.predict(latents, iteration).eps
+                if known is None:
+                    eps = denoiser.predict(latents, iteration).eps
+                else:
+                    x_in = known.model_input(latents, scheduler.alpha(t))
+                    eps = known.held_eps(denoiser.predict(x_in, iteration).eps, latents, x_in, scheduler.alpha(t))
                 step_noise = None
                 if scheduler.step_needs_noise(i):
                     step_noise = noise_streams.multiview_noise(seed, noise_streams.STEP, i, r, n_views,
@@ -90,7 +99,7 @@ def multiview_loop(denoiser: CollaborativeDenoiser, latents_init: torch.Tensor, 
                     latents = scheduler.renoise(latents, i, renoise)
             if preview_callback is not None:
                 preview_callback(i, n_steps, out.pred_original_sample[0])
-    return latents
+    return latents if known is None else known.finish(latents)
 
 
 @torch.no_grad()
@@ -103,7 +112,7 @@ def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
                      preview_callback: Optional[PreviewCallback] = None,
                      partitions: int = 1, regional: Optional[Regional] = None,
                      executor: Optional[RowExecutor] = None, context: Optional[ContextOptions] = None,
-                     cameras: Optional[WindowCameras] = None) -> torch.Tensor:
+                     cameras: Optional[WindowCameras] = None, known: Optional[KnownRegion] = None) -> torch.Tensor:
     """Denoise N views together; returns the final latents ``[V, C, F, h, w]`` (float32).
 
     A convenience over ``CollaborativeDenoiser`` + ``multiview_loop``:
@@ -118,6 +127,7 @@ def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
     - ``executor``: where the calls run (None = on ``denoiser``, in order).
     - ``context``: temporal context windows (``context.ContextOptions``) with ``cameras``
       (``window_inputs.WindowCameras``) to build each window's Plücker maps; ``plucker`` may be None.
+    - ``known``: a start latent kept where its mask is 0 (``inpaint.KnownRegion``).
 
     Raises ``NonFiniteError`` (a ``ValueError``) at the first step with NaN or infinity.
     """
@@ -131,4 +141,5 @@ def sample_multiview(denoiser, latents_init: torch.Tensor, cond: torch.Tensor,
                                           PairingPlan(n_views, strategy, seed, partitions), guidance_scale,
                                           max_batch, regional, executor, progress, latents_init.device,
                                           context, cameras)
-    return multiview_loop(collaborative, latents_init, scheduler, recurrence, seed, progress, preview_callback)
+    return multiview_loop(collaborative, latents_init, scheduler, recurrence, seed, progress, preview_callback,
+                          known)

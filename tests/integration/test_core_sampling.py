@@ -5,6 +5,9 @@
   float32 bound of the computation, for 2 and 3 views, random and all_pairs, with regional prompts and on
   ``cpu,cpu``; lcm at 1 and 4 steps equals the pack's MCM. Through the GUIDER + SamplerCustomAdvanced on 0.3.64,
   through the sampler node's ``sampler`` input on 2024-03 (which has no GUIDER sampling).
+- Masks, in the same process: a start latent with a noise_mask through core's own mask handling equals the start
+  latent where the mask is 0 and the unmasked run where it is 1 (bitwise), and the pack's masked loop within the
+  float32 bound (docs/masks.md).
 - Through the real servers: the ``sampler`` input with progress and previews on both; on 0.3.64, six core
   samplers x three schedulers run to completion (a non-finite result stops the run with an error), and the
   GUIDER path reports progress and previews.
@@ -27,6 +30,7 @@ import pytest
 import torch
 
 from tests.support.comfy_harness import PACK_ROOT
+from tests.support.core_sampling_inprocess import CASES, MASK_CASES
 from tests.support.pack_info import api_workflows
 
 pytestmark = pytest.mark.integration
@@ -40,9 +44,10 @@ def _bound(facts) -> float:
 
 
 # What each ComfyUI checks (one 25-step run of the tiny model takes seconds; CI has two cores): 0.3.64 the
-# GUIDER path on every case; 2024-03 the sampler-input path (the same core_sample code) on one case, and lcm.
-FACTS = {"0.3.64": ["2v_random", "3v_all_pairs", "3v_random_regional", "2v_random_cpu_cpu"],
-         "2024": ["3v_random_regional", "lcm"]}
+# GUIDER path on every case and every mask case; 2024-03 the sampler-input path (the same core_sample code) on one
+# case, one mask case, lcm and context windows.
+FACTS = {"0.3.64": ["2v_random", "3v_all_pairs", "3v_random_regional", "2v_random_cpu_cpu", "masks"],
+         "2024": ["3v_random_regional", "lcm", "windows", "masks=2v_random"]}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +84,7 @@ def core_facts(request, core_fact_runs):
 
 def test_euler_and_ddim_on_cvd_ddim_sigmas_equal_the_pack_sampler(core_facts):
     version, facts = core_facts
-    assert sorted(facts["parity"]) == sorted(c for c in FACTS[version] if c != "lcm")
+    assert sorted(facts["parity"]) == sorted(c for c in FACTS[version] if c in CASES)
     for name, case in facts["parity"].items():
         assert case["guider_api"] == (version != "2024"), (name, case)
         for sampler in [s for s in ("euler", "ddim") if s in case]:
@@ -111,10 +116,29 @@ def test_context_windows_in_core_samplers_equal_the_pack_sampler(core_facts):
     """Both loops get the denoiser's windows: euler (GUIDER on 0.3.64, the sampler input on 2024) equals the
     pack's DDIM with the same context and FreeNoise; FreeNoise off is a different video (the bound can fail)."""
     version, facts = core_facts
+    if "windows" not in FACTS[version]:
+        pytest.skip("context windows in core samplers run on the other ComfyUI: the same core_sample code")
     windows = facts["windows"]
     assert windows["guider_api"] == (version != "2024") and windows["finite"] and windows["frames"] == 12
     assert windows["euler"] <= _bound(windows), windows
     assert windows["wrong_noise"] > 100 * _bound(windows), windows
+
+
+def test_masks_on_the_core_path(core_facts):
+    """A start latent with a noise_mask through core's own mask handling (docs/masks.md): mask all 0 gives the start
+    latent, all 1 the unmasked run (bitwise); a half mask keeps the other half bitwise and equals the pack's masked
+    loop within the float32 bound; every accepted mask form gives the same latent. With regional prompts and on
+    cpu,cpu."""
+    version, facts = core_facts
+    masks = next(c for c in FACTS[version] if c.startswith("masks"))
+    assert set(facts["masks"]) == set(masks.split("=")[1].split(",") if "=" in masks else MASK_CASES)
+    for name, case in facts["masks"].items():
+        flags = ("zeros_equal_start", "ones_equal_unmasked", "half_outside_equal_start", "pack_outside_equal_start")
+        for flag in flags:
+            assert case[flag], (version, name, flag, case)
+        assert case["half_inside_moved"] > 0 and case["unmasked_moved"] > 1e-2, (version, name, case)
+        assert case["pack_vs_core_half"] <= _bound(case), (version, name, case)
+    assert facts["masks"]["2v_random"]["forms_equal"]
 
 
 # ------------------------------------------------------------------------------ through the servers
@@ -184,3 +208,4 @@ def test_core_samplers_and_schedulers_run_to_completion(comfy_server_v3):
     for combo, prompt_id in queued.items():
         entry = server.wait(prompt_id, timeout=600)  # raises with the node's error (a NaN result is one)
         assert entry["outputs"].get("15"), (combo, entry.get("outputs"))
+

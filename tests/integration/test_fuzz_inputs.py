@@ -229,6 +229,8 @@ def cheapest_contexts(info: dict) -> Dict[str, Tuple[str, str, dict]]:
     best: Dict[str, Tuple[str, str, dict]] = {}
     schemas = {s.node_id for s in pack_schemas()}
     for workflow, prompt, _ in api_workflows():
+        if any(v["class_type"] not in info for v in prompt.values()):
+            continue  # needs core nodes this ComfyUI lacks (GUIDER sampling on 2024-03): fuzzed on the other
         outputs = {k for k, v in prompt.items() if info[v["class_type"]].get("output_node")}
         output_types = {v["class_type"]: info[v["class_type"]]["output"] for v in prompt.values()}
         for node_id, node in prompt.items():

@@ -1,10 +1,15 @@
 """Every shipped workflow runs in both real ComfyUI generations (2024-03 and 0.3.64) and produces the files
-it declares."""
+it declares. The start-latent workflows (docs/masks.md) also save their latents (SaveLatent), and their
+bit-identity claims are checked on those files."""
 
+import copy
 import io
 
 import pytest
 from PIL import Image
+
+import torch
+from safetensors.torch import load as load_safetensors
 
 from tests.support.comfy_harness import output_files
 from tests.support.pack_info import CURRENT_ONLY_WORKFLOWS, api_workflows, needs_current_comfyui
@@ -73,3 +78,84 @@ def test_workflow_runs_and_writes_outputs(request, each_comfy_server, queued_ahe
                 assert image.size[0] >= 64 and image.size[1] >= 64
                 extrema = image.convert("L").getextrema()
                 assert extrema[1] - extrema[0] > 20, f"{name}: {item['filename']} looks blank"
+    check = LATENT_CHECKS.get(name)
+    if check is not None:
+        check(prompt, {node_id: _saved_latent(server, items) for node_id, items in files.items()
+                       if prompt[node_id]["class_type"] == "SaveLatent"})
+
+
+# ------------------------------------------------------------------------------ start latents and masks
+
+def _saved_latent(server, items):
+    (item,) = items
+    data = server.view(item["filename"], item.get("subfolder", ""), item.get("type", "output"))
+    return load_safetensors(data)["latent_tensor"].float()
+
+
+def _evaluate(prompt, node_id, cache=None):
+    """A pure pack node of ``prompt`` (scene plan, cameras, layout, mask) computed here, as the server did."""
+    from tests.support.pack_info import pack_schemas
+
+    cache = {} if cache is None else cache
+    if node_id not in cache:
+        schema = next(s for s in pack_schemas() if s.node_id == prompt[node_id]["class_type"])
+        inputs = {k: (_evaluate(prompt, v[0], cache)[v[1]] if isinstance(v, list) else v)
+                  for k, v in prompt[node_id]["inputs"].items()}
+        cache[node_id] = schema.run(**inputs).values
+    return cache[node_id]
+
+
+def _saved_by_prefix(prompt, latents, suffix):
+    return next(latents[k] for k, v in prompt.items() if v["class_type"] == "SaveLatent"
+                and v["inputs"]["filename_prefix"].endswith(suffix))
+
+
+def _check_image_to_multiview(prompt, latents):
+    start, out = _saved_by_prefix(prompt, latents, "_start"), _saved_by_prefix(prompt, latents, "multiview")
+    assert start.shape == out.shape and start.shape[0] == 4
+    assert torch.equal(out[:, :, 0], start[:, :, 0])  # frame 0 of every view is the encoded image, bitwise
+    assert all(torch.equal(start[v, :, 0], start[0, :, 0]) for v in range(4)) and start[:, :, 0].abs().max() > 0
+    assert (out[:, :, 1:] - start[:, :, 1:]).abs().max() > 1e-2
+
+
+def _check_edit_entity(prompt, latents):
+    """The mask is recomputed here from the workflow's own scene and camera inputs (pure pack nodes)."""
+    from nodes._latent import resize_noise_mask
+    from nodes.layout_mask import MASK_FROM_LAYOUT
+
+    before, after = _saved_by_prefix(prompt, latents, "_before"), _saved_by_prefix(prompt, latents, "_after")
+    mask_node = next(k for k, v in prompt.items() if v["class_type"] == "CVD_MaskFromLayout")
+    layout_link = prompt[mask_node]["inputs"]["layout"]
+    layout = _evaluate(prompt, layout_link[0])[layout_link[1]]
+    options = {k: v for k, v in prompt[mask_node]["inputs"].items() if k not in ("latent", "layout")}
+    mask = MASK_FROM_LAYOUT.run(latent={"samples": before}, layout=layout, **options).values[0]["noise_mask"]
+    mask = resize_noise_mask(mask, before.shape).expand_as(before)
+    assert (mask == 0).any() and (mask == 1).any(), "the entity must be partly in view"
+    assert torch.equal(after[mask == 0], before[mask == 0])  # identical outside the entity
+    assert (after[mask == 1] - before[mask == 1]).abs().min() > 0  # every value inside was re-rendered
+
+
+def _check_video_to_views(prompt, latents):
+    start, out = _saved_by_prefix(prompt, latents, "_start"), _saved_by_prefix(prompt, latents, "video_to_views")
+    assert out.shape[0] == 3 and out.shape[2] == 16
+    assert torch.equal(out[0], start[0]) and start[0].abs().max() > 0  # the given video, all 16 frames, bitwise
+    assert (out[1:] - start[1:]).abs().max() > 1e-2
+
+
+LATENT_CHECKS = {"cvd_image_to_multiview": _check_image_to_multiview, "cvd_edit_entity": _check_edit_entity,
+                 "cvd_video_to_views": _check_video_to_views}
+
+
+def test_a_mask_of_the_wrong_size_is_refused_with_the_shapes(each_comfy_server):
+    """Core's Set Latent Noise Mask with a 48x48 mask on the 64x64 rig's start latent: the sampler refuses it before
+    sampling, naming the mask's and the latent's shapes."""
+    prompt = copy.deepcopy(_strip_meta(WORKFLOWS_BY_NAME["cvd_image_to_multiview"]))  # the shipped one stays as is
+    sampler = next(k for k, v in prompt.items() if v["class_type"] == "CVD_MultiViewSampler")
+    prompt["90"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 48, "height": 48}}
+    prompt["91"] = {"class_type": "SetLatentNoiseMask",
+                    "inputs": {"samples": prompt[sampler]["inputs"]["latent"], "mask": ["90", 0]}}
+    prompt[sampler]["inputs"]["latent"] = ["91", 0]
+    message = each_comfy_server.failure_of(prompt, timeout=300)
+    # core stores the mask as [1, 1, 48, 48] (its [-1, 1, H, W] reshape)
+    assert "CVD Multi-View Sampler" in message and "noise_mask [1, 1, 48, 48] does not fit the latent [4, 4, 8, 8, 8]" \
+        in message and "[32, 64, 64]" in message, message
