@@ -52,7 +52,7 @@ sys.path.insert(0, str(BENCH))
 
 import torch  # noqa: E402
 
-SECTIONS = ("environment", "core_tests", "cvvae", "cvd_step", "jobs", "comfyui_workflow", "memory")
+SECTIONS = ("environment", "core_tests", "cvvae", "cvd_step", "jobs", "long_video", "comfyui_workflow", "memory")
 
 # Dense fp16/bf16 tensor-core peaks with fp32 accumulation (TFLOP/s), NVIDIA datasheets; the first
 # name that occurs in torch.cuda.get_device_name() wins, so specific names come first.
@@ -65,10 +65,10 @@ DENSE_FP16_PEAK_TFLOPS = (
 )
 
 FULL = dict(vae_width=128, vae_size=512, vae_frames=(17, 33), vae_repeats=3, cvd_width=None, cvd_frames=16,
-            cvd_size=256, cvd_views=(2, 4, 8), cvd_repeats=3, ddim_steps=25, mcm_steps=4, workflow_full=True,
+            cvd_size=256, cvd_views=(2, 4, 8), cvd_repeats=3, ddim_steps=25, mcm_steps=4, workflow_full=True, long_frames=(16, 32, 64, 128), long_size=64,
             matmul=8192, budget_s=480)
 QUICK = dict(vae_width=32, vae_size=64, vae_frames=(5, 9), vae_repeats=1, cvd_width=32, cvd_frames=2,
-             cvd_size=64, cvd_views=(2, 4), cvd_repeats=1, ddim_steps=2, mcm_steps=2, workflow_full=False,
+             cvd_size=64, cvd_views=(2, 4), cvd_repeats=1, ddim_steps=2, mcm_steps=2, workflow_full=False, long_frames=(16, 20), long_size=64,
              matmul=256, budget_s=900)
 # quick mode: a few cheap device-matrix tests, enough to exercise the pytest run, junit parsing and report
 QUICK_CORE_TESTS = ["tests/core/test_half_precision.py::test_bias_keeps_its_band_and_range_in_half",
@@ -458,6 +458,46 @@ class Check:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(files[role], target)
 
+    def long_video(self) -> dict:
+        """4 views in context windows 16/4 (MCM at cfg 1, the cvd_long_video workflow's setting) at the model's full
+        width: seconds per generated frame and peak VRAM against the length (bench_long_video.py does the CPU)."""
+        from cvd_core.camera import make_preset_rig
+        from cvd_core.mcm import MCMScheduler
+        from cvd_core.sampling import CollaborativeDenoiser, PairingPlan, initial_noise, multiview_loop
+        from cvd_core.sampling.context import ContextOptions
+        from cvd_core.sampling.window_inputs import WindowCameras
+        from nodes.sampling import camera_inputs
+
+        s, views, size = self.sizes, 4, self.sizes["long_size"]
+        model = self.cvd_model()
+        cond = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(0))
+        context = ContextOptions(16, 4)
+        rows = []
+        for frames in s["long_frames"]:
+            if self.remaining() <= 0:
+                rows.append({"frames": frames, "status": "skipped", "reason": "time budget"})
+                continue
+            rig = make_preset_rig("circle", views, frames, size, size)
+            _, fundamentals = camera_inputs(rig, maps=False)
+            denoiser = CollaborativeDenoiser(model, cond, None, None, fundamentals, PairingPlan(views, "random", 0),
+                                             1.0, context=context, cameras=WindowCameras.from_rig(rig))
+            x = initial_noise(0, views, 4, frames, size // 8, size // 8)
+            self.reset_peak()
+            with torch.no_grad():
+                times, out = self.timed_with_output(
+                    lambda: multiview_loop(denoiser, x, MCMScheduler(steps=s["mcm_steps"]), seed=0), 1, warmup=False)
+            assert torch.isfinite(out).all(), f"non-finite latents at {frames} frames"
+            rows.append({"frames": frames, "windows": len(context.windows(frames)) if context.active(frames) else 1,
+                         "seconds": round(times[0], 3), "seconds_per_frame": round(times[0] / frames, 5),
+                         "peak_vram_gib": self.peak_gib()})
+        done = [r for r in rows if "seconds" in r]
+        base = next((r for r in done if r["frames"] == 32), done[0] if done else None)
+        for r in done:
+            r["per_frame_vs_base"] = round(r["seconds_per_frame"] / base["seconds_per_frame"], 3)
+        return {"views": views, "size": size, "context": "16/4 standard_static pyramid", "rows": rows,
+                "base_frames": base["frames"] if base else None,
+                "note": "targets from 32 to 128 frames: time per frame <= 1.15x; peak VRAM set by the window"}
+
     def memory(self) -> dict:
         script = BENCH / "memory_check.py"
         if not script.is_file():
@@ -705,6 +745,15 @@ def _render_jobs(e: dict) -> List[str]:
     return lines + ["", e["note"]]
 
 
+def _render_long_video(e: dict) -> List[str]:
+    lines = [f"{e['views']} views at {e['size']}x{e['size']}, windows {e['context']} (per frame vs {e['base_frames']} "
+             "frames).", "", "| frames | windows | seconds | s/frame | vs base | peak VRAM GiB |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['frames']} | {r.get('windows', '')} | {r.get('seconds', r.get('status'))} | "
+              f"{r.get('seconds_per_frame', '')} | {r.get('per_frame_vs_base', '')} | {r.get('peak_vram_gib', '')} |"
+              for r in e["rows"]]
+    return lines + ["", e["note"]]
+
+
 def _render_workflow(e: dict) -> List[str]:
     lines = [f"`{e['workflow']}` at {e['frames']} x {e['size']}x{e['size']} (full width: {e['full_width']}), "
              f"saved as {e['save_format']}, server flags {e['server_device_args'] or 'none (GPU)'}.", "",
@@ -715,7 +764,7 @@ def _render_workflow(e: dict) -> List[str]:
 
 RENDERERS: Dict[str, Callable[[dict], List[str]]] = {
     "environment": _render_environment, "core_tests": _render_core, "cvvae": _render_cvvae, "cvd_step": _render_cvd,
-    "jobs": _render_jobs, "comfyui_workflow": _render_workflow,
+    "jobs": _render_jobs, "long_video": _render_long_video, "comfyui_workflow": _render_workflow,
 }
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("environment", "core_tests", "cvvae", "cvd_step", "jobs", "comfyui_workflow", "memory")
+SECTIONS = ("environment", "core_tests", "cvvae", "cvd_step", "jobs", "long_video", "comfyui_workflow", "memory")
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,14 @@ def test_cvd_step_and_jobs(report):
     assert step["steps"][1]["rows"] == 2 * step["steps"][0]["rows"]
     jobs = _ok(report, "jobs")
     assert [j["views"] for j in jobs["jobs"]] == [2, 4] and all(j["seconds"] > 0 for j in jobs["jobs"])
+
+
+def test_long_video_section(report):
+    entry = _ok(report, "long_video")
+    rows = entry["rows"]
+    assert [r["frames"] for r in rows] == [16, 20] and all("seconds" in r for r in rows), rows
+    assert rows[0]["windows"] == 1 and rows[1]["windows"] == 2  # 20 frames in windows of 16 overlapping by 4
+    assert "## long_video: ok" in report["_markdown"]
 
 
 def test_workflow_and_memory_hook(report):
