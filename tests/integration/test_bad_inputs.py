@@ -36,7 +36,7 @@ def _refused(server, prompt):
 @pytest.mark.parametrize("field,value,expected", [
     ("views", 0, "CVD Camera Trajectory: views must be an integer from 1 to 16, got 0"),
     ("views", 17, "CVD Camera Trajectory: views must be an integer from 1 to 16, got 17"),
-    ("frames", 0, "CVD Camera Trajectory: frames must be an integer from 1 to 256, got 0"),
+    ("frames", 0, "CVD Camera Trajectory: frames must be an integer from 1 to 512, got 0"),
     ("views", "many", "CVD Camera Trajectory: views must be an integer from 1 to 16, got 'many'"),
     ("views", 2.5, "CVD Camera Trajectory: views must be an integer from 1 to 16, got 2.5"),
     ("width", 250, "CVD Camera Trajectory: width must be a multiple of 8 from 64 to 2048, got 250"),

@@ -17,6 +17,7 @@ from tests.support.pack_info import CURRENT_ONLY_WORKFLOWS, api_workflows, needs
 pytestmark = pytest.mark.integration
 
 WORKFLOWS = api_workflows()
+WORKFLOWS_BY_NAME = {w[0]: w[1] for w in WORKFLOWS}
 
 
 def _strip_meta(prompt):
