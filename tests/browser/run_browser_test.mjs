@@ -700,7 +700,8 @@ async function editorFacts(page, cfg) {
     const editor = node?.widgets?.find((w) => w.name === "cvd_camera_editor")?.element?.cvdController;
     return node.widgets.find((w) => w.name === "custom_json").value === text && editor?.doc
       && JSON.stringify(editor.doc) === text;
-  }, { id, text: before.text }, { timeout: 15000, polling: 100 }).then(() => true, () => false);
+  }, { id, text: before.text }, { timeout: 60000, polling: 100 }).then(() => true, () => false);
+  // 60 s: the UI reloads the whole graph on undo, which a CPU busy with sampling (CI) can stretch well past 15 s
   facts.undo = { restored: undone, state: await editorState(page, id) };
 
   // A second drag (the same offset) for the reload check.
