@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from cvd_core.cvvae import TilingConfig, decode_video, encode_video, load_cvvae, memory_estimate, usable_bytes
+from cvd_core.cvvae import TilingConfig, decode_frames, encode_video, load_cvvae, memory_estimate, usable_bytes
 from cvd_core.cvvae.tiling import MIN_TILE_PX
 from cvd_core.dtypes import resolve_dtype
-from cvd_core.guards import precision_hint, require_finite
+from cvd_core.guards import NonFiniteError, precision_hint, require_finite
 
 from . import _latent
 from ._comfy import NodeInputError, list_model_entries, progress_bar, register_model_folder, resolve_model_entry
@@ -112,13 +112,7 @@ def _frames_to_video(images: torch.Tensor, views: int) -> torch.Tensor:
                              "videos (view-major: all frames of view 0, then view 1, ...)")
     frames = images.shape[0] // views
     video = images.reshape(views, frames, *images.shape[1:]).permute(0, 4, 1, 2, 3)
-    return video.float() * 2.0 - 1.0
-
-
-def _video_to_frames(video: torch.Tensor) -> torch.Tensor:
-    """``[V, 3, T, H, W]`` in [-1,1] -> ComfyUI IMAGE ``[V*T, H, W, 3]`` in [0,1] (float32, CPU)."""
-    frames = ((video.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 4, 1)
-    return frames.reshape(-1, *frames.shape[2:]).cpu().contiguous()
+    return torch.mul(video.float(), 2.0).sub_(1.0)  # one copy of the frames, not two
 
 
 def _coded(cvvae, kind: str, src: torch.Tensor, config: TilingConfig, run):
@@ -199,13 +193,15 @@ def _run_decode(cvvae, latent, tiling, tile_size, tile_overlap, temporal_chunk, 
     z = samples.float() / scale + shift
     config = _tiling(tiling, tile_size, tile_overlap, temporal_chunk)
     try:
-        video = _coded(cvvae, "decode", z, config, lambda model, budget: decode_video(
+        # Each finished window lands in the CPU IMAGE at once: the device holds one window, not the video.
+        frames = _coded(cvvae, "decode", z, config, lambda model, budget: decode_frames(
             model, z, tiling=config, num_frames=latent.get("cvd_frames"), progress=progress_bar(unique_id),
             memory_budget=budget))
+    except NonFiniteError:  # raised by the window that holds it; names view, channel and frame
+        raise
     except ValueError as exc:
         raise NodeInputError(str(exc)) from None
-    require_finite(video, "the decoded frames", axes=("view", "channel", "frame"), hint=precision_hint(vae.dtype))
-    return Result((_video_to_frames(video),))
+    return Result((frames.reshape(-1, *frames.shape[2:]),))
 
 
 DECODE = NodeSchema(

@@ -13,12 +13,12 @@ from .model_sd3 import CVVAESD3Model
 from .model_z4 import CVVAEModel
 from .posterior import CVVAEPosterior
 from .memory import usable_bytes
-from .tiling import TilingConfig, decode_video, encode_video, memory_estimate
+from .tiling import TilingConfig, decode_frames, decode_video, encode_video, memory_estimate
 from .tiny import write_tiny_cvvae, write_tiny_cvvae_file
 
 __all__ = [
     "CVVAEBase", "CVVAEModel", "CVVAESD3Model", "CVVAEPosterior", "TilingConfig",
-    "build_model", "check_frame_count", "check_spatial_size", "decode_video", "detect_variant", "encode_video",
+    "build_model", "check_frame_count", "check_spatial_size", "decode_frames", "decode_video", "detect_variant", "encode_video",
     "infer_config", "latent_frames", "load_cvvae", "memory_estimate", "padded_frame_count", "pixel_frames",
     "resolve_dtype", "usable_bytes", "write_tiny_cvvae", "write_tiny_cvvae_file",
 ]

@@ -14,8 +14,11 @@ Modes (``TilingConfig.mode``):
 - ``"auto"``: ``manual`` with sizes chosen from free memory; on out-of-memory it releases the
   failed attempt and retries with smaller tiles, then shorter chunks.
 
-Working memory of ``manual``/``auto`` is bounded by one tile call plus the output buffer,
-so it stays flat in video length for a fixed tile and chunk size. Every tile/chunk reports
+Every mode produces its output one temporal window at a time (windows share no output frame), so
+the compute device holds the input tiles of one call and one window of output; the whole result
+is only assembled where the caller wants it (:func:`decode_frames` writes frames straight into a
+CPU buffer). Working memory of ``manual``/``auto`` on the device thus stays flat in video length
+for a fixed tile and chunk size; the input stays where it is and moves to the device tile by tile. Every tile/chunk reports
 through :mod:`cvd_core.progress`; an exception from ``progress.advance`` (cancel) propagates
 and nothing is returned.
 """
@@ -28,6 +31,7 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
+from ..guards import precision_hint, require_finite
 from ..progress import Progress, ensure_progress
 from .frames import (check_frame_count, check_spatial_size, latent_frames, pad_frames_with_last, padded_frame_count,
                      pixel_frames)
@@ -91,6 +95,10 @@ def _optional_int(name: str, value) -> Optional[int]:
     return value or None
 
 
+# Where a finished piece of output goes: (first batch item, first output frame, block [b, C, t, H, W]).
+Emit = Callable[[int, int, torch.Tensor], None]
+
+
 @dataclass(frozen=True)
 class TilePlan:
     """Concrete split in latent units: spatial tile and overlap, latent frames per window step."""
@@ -120,20 +128,55 @@ def encode_video(model, x: torch.Tensor, tiling: Optional[TilingConfig] = None, 
         x = pad_frames_with_last(x, padded_frame_count(frames))
     else:
         check_frame_count(frames)
-    x = x.to(device=model.device, dtype=model.dtype)
+    moments = _Assembled((x.shape[0], latent_frames(x.shape[2]), x.shape[3] // 8, x.shape[4] // 8), model.device)
     with torch.no_grad():
-        moments = _dispatch(model, x, "encode", tiling, ensure_progress(progress), memory_budget)
-    return CVVAEPosterior(moments, num_frames=frames)
+        _dispatch(model, x, "encode", tiling, ensure_progress(progress), memory_budget, moments)
+    return CVVAEPosterior(moments.out, num_frames=frames)
 
 
 def decode_video(model, z: torch.Tensor, tiling: Optional[TilingConfig] = None, num_frames: Optional[int] = None,
                  progress: Optional[Progress] = None, memory_budget: Optional[int] = None) -> torch.Tensor:
-    """Decode *unscaled* latents [B,z,T',h,w] -> pixels [B,3,4T'-3,8h,8w] (about [-1, 1]).
+    """Decode *unscaled* latents [B,z,T',h,w] -> pixels [B,3,4T'-3,8h,8w] (about [-1, 1]) on the model's device.
 
     ``num_frames`` trims the output (the count before ``pad=True`` encoding); ``memory_budget`` as
     in :func:`encode_video`.
     """
-    tiling = tiling or TilingConfig()
+    z, keep = _decodable(model, z, num_frames)
+    video = _Assembled((z.shape[0], keep, z.shape[3] * 8, z.shape[4] * 8), model.device)
+    with torch.no_grad():
+        _dispatch(model, z, "decode", tiling or TilingConfig(), ensure_progress(progress), memory_budget, video)
+    return video.out
+
+
+def decode_frames(model, z: torch.Tensor, tiling: Optional[TilingConfig] = None, num_frames: Optional[int] = None,
+                  progress: Optional[Progress] = None, memory_budget: Optional[int] = None,
+                  out_device="cpu") -> torch.Tensor:
+    """Decode *unscaled* latents [B,z,T',h,w] -> frames ``[B, T, 8h, 8w, 3]`` float32 in [0, 1] on ``out_device``.
+
+    The same pixels as ``(decode_video(...) + 1) / 2`` clamped, but each temporal window is
+    converted on the model's device and copied into the preallocated result as soon as it is done:
+    the device never holds the whole video and nothing but the result grows with its length. A
+    window with NaN or infinity raises ``NonFiniteError`` naming view, channel and frame.
+    """
+    z, keep = _decodable(model, z, num_frames)
+    frames = torch.empty((z.shape[0], keep, z.shape[3] * 8, z.shape[4] * 8, 3), dtype=torch.float32,
+                         device=out_device)
+    hint = precision_hint(model.dtype)
+
+    def emit(first: int, start: int, block: torch.Tensor) -> None:
+        block = block[:, :, : max(0, keep - start)]
+        require_finite(block, "the decoded frames", axes=("view", "channel", "frame"), hint=hint,
+                       offset=(first, 0, start))
+        pixels = ((block.float() + 1.0) / 2.0).clamp_(0.0, 1.0).permute(0, 2, 3, 4, 1)
+        frames[first:first + block.shape[0], start:start + block.shape[2]].copy_(pixels)
+
+    with torch.no_grad():
+        _dispatch(model, z, "decode", tiling or TilingConfig(), ensure_progress(progress), memory_budget, emit)
+    return frames
+
+
+def _decodable(model, z: torch.Tensor, num_frames: Optional[int]) -> Tuple[torch.Tensor, int]:
+    """Checked 5-D latents and the number of frames to keep."""
     if z.dim() == 4:
         z = z.unsqueeze(2)
     if z.dim() != 5:
@@ -143,12 +186,23 @@ def decode_video(model, z: torch.Tensor, tiling: Optional[TilingConfig] = None, 
     if num_frames is not None and not decoded - 3 <= int(num_frames) <= decoded:
         raise ValueError(f"num_frames={num_frames} does not fit {z.shape[2]} latent frames, which decode to "
                          f"{decoded} frames (padding adds at most 3): use {max(1, decoded - 3)}..{decoded}")
-    z = z.to(device=model.device, dtype=model.dtype)
-    with torch.no_grad():
-        x = _dispatch(model, z, "decode", tiling, ensure_progress(progress), memory_budget)
-    if num_frames is not None:
-        x = x[:, :, : int(num_frames)]
-    return x
+    return z, decoded if num_frames is None else int(num_frames)
+
+
+class _Assembled:
+    """An ``Emit`` that copies blocks into one ``[B, C, T, H, W]`` tensor on ``device``, allocated at the
+    first block (its channels and dtype); frames past ``T`` are dropped (a trimmed decode)."""
+
+    def __init__(self, sizes: Tuple[int, int, int, int], device):
+        self.sizes, self.device, self.out = sizes, device, None
+
+    def __call__(self, first: int, start: int, block: torch.Tensor) -> None:
+        batch, frames, height, width = self.sizes
+        if self.out is None:
+            self.out = torch.empty((batch, block.shape[1], frames, height, width), dtype=block.dtype,
+                                   device=self.device)
+        block = block[:, :, : max(0, frames - start)]
+        self.out[first:first + block.shape[0], :, start:start + block.shape[2]].copy_(block)
 
 
 # ---------------------------------------------------------------- shared checks
@@ -172,14 +226,20 @@ def _check_channels(what: str, t: torch.Tensor, expected: int) -> None:
 
 
 def _dispatch(model, src: torch.Tensor, kind: str, tiling: TilingConfig, progress: Progress,
-              budget: Optional[int] = None) -> torch.Tensor:
+              budget: Optional[int], emit: Emit) -> None:
     if tiling.mode == "official":
-        return _official(model, src, kind, progress)
-    if tiling.mode == "none":
-        return _tiled(model, src, kind, TilePlan(None, 0, None), progress)
-    if tiling.mode == "manual":
-        return _tiled(model, src, kind, manual_plan(tiling), progress)
-    return _auto(model, src, kind, tiling, progress, budget)
+        _official(model, src, kind, progress, emit)
+    elif tiling.mode == "none":
+        _tiled(model, src, kind, TilePlan(None, 0, None), progress, emit)
+    elif tiling.mode == "manual":
+        _tiled(model, src, kind, manual_plan(tiling), progress, emit)
+    else:
+        _auto(model, src, kind, tiling, progress, budget, emit)
+
+
+def _on_model(model, tile: torch.Tensor) -> torch.Tensor:
+    """One call's input, moved to where and how the model computes (the caller's video stays put)."""
+    return tile.to(device=model.device, dtype=model.dtype)
 
 
 # ---------------------------------------------------------------- manual / none
@@ -233,8 +293,9 @@ def blend_weights(spans: List[Tuple[int, int]], scale: int, dtype: torch.dtype, 
     return [(w / total[s * scale:e * scale]).to(device=device, dtype=dtype) for w, (s, e) in zip(raw, spans)]
 
 
-def _tiled(model, src: torch.Tensor, kind: str, plan: TilePlan, progress: Progress) -> torch.Tensor:
-    """Our tiler: per batch item, per temporal window, per spatial tile; weighted accumulation."""
+def _tiled(model, src: torch.Tensor, kind: str, plan: TilePlan, progress: Progress, emit: Emit) -> None:
+    """Our tiler: per batch item, per temporal window, per spatial tile; weighted accumulation into
+    one window of output on the model's device, emitted when the window is complete."""
     encode = kind == "encode"
     fn: Callable[[torch.Tensor], torch.Tensor] = model.encode_tile if encode else model.decode_tile
     in_scale, out_scale = (8, 1) if encode else (1, 8)
@@ -244,53 +305,52 @@ def _tiled(model, src: torch.Tensor, kind: str, plan: TilePlan, progress: Progre
     windows = time_windows(length, step)
     ys, xs = tile_spans(h, plan.latent_tile, plan.latent_overlap), tile_spans(w, plan.latent_tile, plan.latent_overlap)
     acc_dtype = torch.promote_types(model.dtype, torch.float32)
-    wy = blend_weights(ys, out_scale, acc_dtype, src.device)
-    wx = blend_weights(xs, out_scale, acc_dtype, src.device)
-    out_len = latent_frames(length) if encode else pixel_frames(length)
+    wy = blend_weights(ys, out_scale, acc_dtype, model.device)
+    wx = blend_weights(xs, out_scale, acc_dtype, model.device)
     out_frames_of = latent_frames if encode else pixel_frames
     progress.start(batch * len(windows) * len(ys) * len(xs))
-    acc = None
     for b in range(batch):
         for t0, t1, drop_first in windows:
-            out_t0 = t0 // 4 if encode else 4 * t0
+            window = None
             for (y0, y1), wy_i in zip(ys, wy):
                 for (x0, x1), wx_i in zip(xs, wx):
-                    tile = src[b:b + 1, :, t0:t1, y0 * in_scale:y1 * in_scale, x0 * in_scale:x1 * in_scale]
+                    tile = _on_model(model, src[b:b + 1, :, t0:t1, y0 * in_scale:y1 * in_scale,
+                                                x0 * in_scale:x1 * in_scale])
                     out = fn(tile)
                     expected = (out_frames_of(t1 - t0), (y1 - y0) * out_scale, (x1 - x0) * out_scale)
                     if tuple(out.shape[2:]) != expected:
                         raise RuntimeError(f"CV-VAE {kind} tile returned {list(out.shape)}, expected [..., "
                                            f"{expected[0]}, {expected[1]}, {expected[2]}] (internal error)")
-                    if acc is None:
-                        acc = torch.zeros((batch, out.shape[1], out_len, h * out_scale, w * out_scale),
-                                          dtype=acc_dtype, device=src.device)
                     if drop_first:
                         out = out[:, :, 1:]
-                    ts = out_t0 + (1 if drop_first else 0)
-                    region = acc[b:b + 1, :, ts:ts + out.shape[2], y0 * out_scale:y1 * out_scale,
-                                 x0 * out_scale:x1 * out_scale]
+                    if window is None:
+                        window = torch.zeros((1, out.shape[1], out.shape[2], h * out_scale, w * out_scale),
+                                             dtype=acc_dtype, device=model.device)
+                    region = window[:, :, :, y0 * out_scale:y1 * out_scale, x0 * out_scale:x1 * out_scale]
                     region += out.to(acc_dtype) * (wy_i[:, None] * wx_i[None, :])
                     del out, tile
                     progress.advance(1)
-    return acc.to(model.dtype)
+            start = (t0 // 4 if encode else 4 * t0) + (1 if drop_first else 0)
+            emit(b, start, window.to(model.dtype))
+            del window
 
 
 # ---------------------------------------------------------------- auto
 
 
 def _auto(model, src: torch.Tensor, kind: str, tiling: TilingConfig, progress: Progress,
-          budget: Optional[int] = None) -> torch.Tensor:
-    plan = auto_plan(model, src.shape, kind, tiling, free_memory_bytes(src.device) if budget is None else budget)
+          budget: Optional[int], emit: Emit) -> None:
+    plan = auto_plan(model, src.shape, kind, tiling, free_memory_bytes(model.device) if budget is None else budget)
     while True:
         try:
-            return _tiled(model, src, kind, plan, progress)
+            return _tiled(model, src, kind, plan, progress, emit)  # a retry emits every window again
         except Exception as error:  # noqa: BLE001 - re-raised unless it is an OOM
             if not is_out_of_memory(error):
                 raise
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
         # Outside the except block: the traceback (and the failed attempt's tensors it holds)
         # is gone, so the retry starts with that memory free.
-        release_cached_memory(src.device)
+        release_cached_memory(model.device)
         smaller = shrink_plan(plan)
         if smaller is None:
             raise MemoryError(
@@ -457,10 +517,13 @@ def _official_spatial(fn, src: torch.Tensor, tile: int, stride: int, out_overlap
     return torch.cat(lines, dim=3)
 
 
-def _official(model, src: torch.Tensor, kind: str, progress: Progress) -> torch.Tensor:
+def _official(model, src: torch.Tensor, kind: str, progress: Progress, emit: Emit) -> None:
     encode = kind == "encode"
     s = official_settings(model.config)
-    fn = model.encode_tile if encode else model.decode_tile
+    tile_fn = model.encode_tile if encode else model.decode_tile
+
+    def fn(block):
+        return tile_fn(_on_model(model, block))
     step = None
     if s["frames_a_time"] is not None:
         step = s["frames_a_time"] if encode else s["frames_a_time"] // 4
@@ -482,10 +545,12 @@ def _official(model, src: torch.Tensor, kind: str, progress: Progress) -> torch.
         def spatial(block):
             return _official_spatial(fn, block, tile, stride, out_overlap, out_stride, progress)
 
-    pieces = []
+    start = 0
     for t0, t1, drop_first in windows:
         out = spatial(src[:, :, t0:t1])
         if s["pixel_tile"] is None:
             progress.advance(1)
-        pieces.append(out[:, :, 1:] if drop_first else out)
-    return torch.cat(pieces, dim=2)
+        piece = out[:, :, 1:] if drop_first else out
+        emit(0, start, piece)
+        start += piece.shape[2]
+        del out, piece

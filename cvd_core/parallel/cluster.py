@@ -28,6 +28,7 @@ At the end each worker answers ``finished`` and becomes idle again.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import queue
@@ -44,6 +45,7 @@ LOG = logging.getLogger("cvd_multiview.parallel")
 
 DEFAULT_PORT = 29650
 HEARTBEAT_S = 5.0
+STORE_REBIND_S = 10.0  # how long a job waits for the previous job's store port to be free again
 HELLO_TIMEOUT_S = 5.0
 MAX_PENDING = 32
 MAX_PENDING_PER_HOST = 8
@@ -309,7 +311,18 @@ class WorkerPool:
         import torch.distributed as dist
 
         self.close_store()
-        self.store = dist.TCPStore(self.host, self.store_port, is_master=True, wait_for_workers=False)
+        deadline = time.monotonic() + STORE_REBIND_S
+        while True:
+            try:
+                self.store = dist.TCPStore(self.host, self.store_port, is_master=True, wait_for_workers=False)
+                break
+            except RuntimeError as exc:
+                if "EADDRINUSE" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                # A failed job's traceback (a reference cycle, kept by whoever reported the error) can still
+                # hold the previous store's socket: only the cyclic collector frees it.
+                gc.collect()
+                time.sleep(0.1)
         self.store_prefix = f"cvd/{secrets.token_hex(16)}/"
 
     def close_store(self) -> None:

@@ -6,8 +6,8 @@ Two views of the same thing:
   before a run nothing of the pack is loaded, while the sampler runs and after the run ComfyUI holds
   the pack's models like its own, patched copies (MCM LoRA, feature cache) add no second weight set,
   ``POST /free`` unloads them, and re-running the sampler loads them again with bit-identical
-  outputs, which are also bit-identical to the node functions on plain modules (the pack's path
-  before model management, still its path outside ComfyUI);
+  outputs, which equal the node functions on plain modules in this process (the pack's path before
+  model management, still its path outside ComfyUI) to within 16 float32 ulps (``_process_floor``);
 - in one process against each ComfyUI version's model-management code (2024-03 and 0.3.64):
   ``tests/support/managed_inprocess.py`` switches patched clones back and forth, frees, reloads and
   partially loads (low-VRAM streaming) with a weight budget, and compares every output bitwise.
@@ -158,8 +158,16 @@ def test_model_management_view_before_during_after_and_after_free(each_comfy_ser
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
 
     sampled, encoded = _reference(comfy_server)
-    assert torch.equal(first[0], sampled), float((first[0] - sampled).abs().max())
-    assert torch.equal(first[1], encoded), float((first[1] - encoded).abs().max())
+    for served, here in zip(first, (sampled, encoded)):
+        assert float((served - here).abs().max()) <= _process_floor(here), float((served - here).abs().max())
+
+
+def _process_floor(reference: torch.Tensor) -> float:
+    """Same computation, another process: 16 float32 ulps of the largest value. The server's weights sit
+    at other addresses than this process's, and on AVX-512 CPUs the kernels can round differently by
+    memory alignment (measured on a Xeon with AMX: 8.6e-6 at a largest value of 14, i.e. 5 ulps;
+    0 on the AMD EPYC VM). Inside one process the runs above stay bit-identical."""
+    return 16 * torch.finfo(torch.float32).eps * float(reference.abs().max())
 
 
 # ------------------------------------------------------------------------------ in-process, both versions
