@@ -121,3 +121,36 @@ def test_first_non_finite_for_tensors_and_arrays():
     assert first_non_finite(t) == [1, 2] and first_non_finite(t.numpy()) == [1, 2]
     with pytest.raises(NonFiniteError, match=r"^x must be finite, got -inf at row 1; fix it$"):
         require_finite(t, "x", axes=("row",), hint="fix it")
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 7), (3, 40), (1, 2, 33)], ids=["rows", "big_rows", "one_big_row"])
+@pytest.mark.parametrize("kind", ["torch", "numpy"])
+def test_the_sliced_search_finds_the_same_first_element(monkeypatch, shape, kind):
+    monkeypatch.setattr("cvd_core.guards.CHECK_CHUNK_ELEMENTS", 16)  # slices of rows, rows in slices
+    values = torch.zeros(shape)
+    flat = values.view(-1)
+    for position in (flat.numel() - 1, flat.numel() // 2, 0):
+        flat[position] = math.nan
+        expected = [int(i) for i in torch.unravel_index(torch.tensor(position), shape)]
+        assert first_non_finite(values if kind == "torch" else values.numpy()) == expected
+    flat.zero_()
+    assert first_non_finite(values if kind == "torch" else values.numpy()) is None
+
+
+def test_the_check_of_a_large_array_allocates_a_slice_not_the_array():
+    import tracemalloc
+
+    import numpy as np
+
+    from cvd_core.guards import CHECK_CHUNK_ELEMENTS
+
+    frames = np.zeros((4, 32, 256, 256, 3), dtype=np.float32)  # 4 views x 32 frames: 8x the slice
+    tracemalloc.start()
+    try:
+        require_finite(frames, "images")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # A whole-array isfinite would allocate one bool per element (25 MB here); a slice holds at most
+    # CHECK_CHUNK_ELEMENTS of them, twice while ~ of a found value is taken.
+    assert peak <= 2 * CHECK_CHUNK_ELEMENTS + (1 << 20), peak

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from tests.support.comfy_harness import output_files
-from tests.support.pack_info import CURRENT_ONLY_WORKFLOWS, api_workflows, needs_current_comfyui
+from tests.support.pack_info import CURRENT_ONLY_WORKFLOWS, RUN_ON_2024_BY_TESTS, api_workflows, needs_current_comfyui
 
 pytestmark = pytest.mark.integration
 
@@ -83,6 +83,22 @@ def test_workflow_runs_and_writes_outputs(request, each_comfy_server, queued_ahe
     if check is not None:
         check(prompt, {node_id: _saved_latent(server, items) for node_id, items in files.items()
                        if prompt[node_id]["class_type"] == "SaveLatent"})
+
+
+def test_long_video_windows_on_2024_shortened(comfy_server):
+    """cvd_long_video runs on 0.3.64 only; its context node (V1 class on 2024-03) runs here on 2 views x 24
+    frames (two windows of 16/4), up to the sampler's latent."""
+    assert "CVD_ContextOptions" in RUN_ON_2024_BY_TESTS
+    prompt = copy.deepcopy(WORKFLOWS_BY_NAME["cvd_long_video"])
+    cameras = next(k for k, v in prompt.items() if v["class_type"] == "CVD_CameraTrajectory")
+    sampler = next(k for k, v in prompt.items() if v["class_type"] == "CVD_MultiViewSampler")
+    assert isinstance(prompt[sampler]["inputs"].get("context"), list)
+    prompt[cameras]["inputs"].update(views=2, frames=24)
+    prompt = {k: v for k, v in prompt.items() if v["class_type"] not in ("CVD_LatentFramesToImageLatents", "VAELoader",
+                                                                         "VAEDecode", "CVD_SaveMultiViewVideo")}
+    prompt["90"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0], "filename_prefix": "long_2024"}}
+    latent = _saved_latent(comfy_server, output_files(comfy_server.run(prompt, timeout=600))["90"])
+    assert latent.shape == (2, 4, 24, 8, 8) and torch.isfinite(latent).all() and latent.std() > 0.1
 
 
 # ------------------------------------------------------------------------------ start latents and masks

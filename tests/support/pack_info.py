@@ -29,7 +29,17 @@ def needs_current_comfyui(prompt) -> bool:
 
 # Workflows CI runs on the current ComfyUI only although both could run them: nothing in them differs between the
 # generations (the same nodes run on both in other workflows), and they cost minutes.
-CURRENT_ONLY_WORKFLOWS = {"cvd_long_video": "4 views x 64 frames: its SD VAE decode of 256 frames takes minutes on a CPU"}
+# tests/test_workflows_lint.py checks that every node these use still runs on 2024-03 in another workflow.
+CURRENT_ONLY_WORKFLOWS = {
+    "cvd_long_video": "4 views x 64 frames: its SD VAE decode of 256 frames takes minutes on a CPU",
+    "cvd_two_views": "its nodes run on 2024-03 in cvd_feature_cache; about 2 minutes there",
+    "cvd_four_views_mcm": "its nodes run on 2024-03 in cvd_image_to_multiview and cvd_consistency_report",
+    "cvd_scene_director": "its nodes run on 2024-03 in cvd_edit_entity",
+}
+# Nodes of those that run on 2024-03 in a test of their own instead: node id -> the test.
+RUN_ON_2024_BY_TESTS = {
+    "CVD_ContextOptions": "tests/integration/test_workflows_run.py::test_long_video_windows_on_2024_shortened",
+}
 
 
 def api_workflows():
