@@ -11,7 +11,9 @@ inside this script), in the same run:
   length at ``--decode-size`` px, auto tiling. Before: ``decode_video`` accumulated the whole video and the
   node converted it to ComfyUI's IMAGE layout with temporaries of the video's size. After:
   ``decode_frames`` converts each finished temporal window into the preallocated IMAGE.
-  Reported: peak rise minus the IMAGE result itself.
+  Reported: peak rise minus the IMAGE result itself. ``decode_stand_in``: the same at ``--save-size`` px
+  with a stand-in decoder (nearest upsampling) whose own activations are negligible, so that what is
+  left is what the tiler and the node hold.
 - ``save``: the save node's path (``nodes.output._split_views`` then ``write_multiview``, mp4 + grid) on
   an IMAGE batch of ``--views`` x length frames at ``--save-size`` px that already exists (ComfyUI holds
   it as the upstream node's output). Before: the finiteness checks took the whole array at once
@@ -45,19 +47,40 @@ def _status_bytes(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _decode(args, frames: int, variant: str) -> dict:
+class _StandIn:
+    """A decoder without activations worth the name (nearest upsampling, 4x in time): what is left of the
+    peak is what the tiler and the node hold themselves."""
+
+    latent_channels, decoder_full_res_channels, config = 4, 3, {}
+
+    def __init__(self):
+        import torch
+
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+
+    def decode_tile(self, z):
+        import torch.nn.functional as F
+
+        video = F.interpolate(z[:, :3], size=(4 * z.shape[2] - 3, 8 * z.shape[3], 8 * z.shape[4]), mode="nearest")
+        return video.tanh()
+
+
+def _decode(args, frames: int, variant: str, stand_in: bool = False) -> dict:
     import torch
 
     from cvd_core.cvvae import TilingConfig, decode_frames, decode_video, load_cvvae, write_tiny_cvvae
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model = load_cvvae(str(write_tiny_cvvae(Path(tmp) / "z4")), dtype="fp32", device="cpu")
-    side = args.decode_size // 8
+    if stand_in:
+        model = _StandIn()
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = load_cvvae(str(write_tiny_cvvae(Path(tmp) / "z4")), dtype="fp32", device="cpu")
+    side = (args.save_size if stand_in else args.decode_size) // 8
     z = torch.randn(args.views, 4, (frames - 1) // 4 + 1, side, side, generator=torch.Generator().manual_seed(0))
     model.decode_tile(z[:1, :, :2])  # kernels warmed up before the baseline
     base, started = _status_bytes("VmRSS"), time.perf_counter()
     if variant == "after":
-        images = decode_frames(model, z, TilingConfig("auto")).reshape(-1, args.decode_size, args.decode_size, 3)
+        images = decode_frames(model, z, TilingConfig("auto")).reshape(-1, side * 8, side * 8, 3)
     else:  # the replaced path: whole video, then ((v + 1) / 2).clamp().permute().reshape() as the node did
         video = decode_video(model, z, TilingConfig("auto"))
         images = ((video.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 4, 1)
@@ -89,7 +112,11 @@ def _save(args, frames: int, variant: str) -> dict:
     return {"peak_rise_mib": peak, "input_mib": images.numel() * 4 / MIB, "held_mib": peak, "seconds": seconds}
 
 
-CASES = {"decode": _decode, "save": _save}
+def _decode_stand_in(args, frames: int, variant: str) -> dict:
+    return _decode(args, frames, variant, stand_in=True)
+
+
+CASES = {"decode": _decode, "decode_stand_in": _decode_stand_in, "save": _save}
 
 
 def main(argv=None) -> int:
