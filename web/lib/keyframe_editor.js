@@ -8,7 +8,7 @@
 // goes through `onChange(doc)`, which writes custom_json (the node's widget), so the workflow, undo and
 // reload all see the same keyframes.
 
-import { orbitProjector, viewColor } from "./rig_view.js";
+import { listenWheelZoom, orbitProjector, viewColor } from "./rig_view.js";
 import * as KF from "./keyframes.js";
 
 const BACKGROUND = "#f8f8f6";
@@ -317,12 +317,7 @@ export class KeyframeEditor {
     };
     this.listen(this.canvas, "pointerup", end);
     this.listen(this.canvas, "pointercancel", end);
-    this.listen(this.canvas, "wheel", (event) => {
-      this.zoom = Math.max(0.2, Math.min(8, this.zoom * Math.exp(-event.deltaY * 0.001)));
-      this.draw();
-      event.preventDefault();
-      event.stopPropagation();
-    }, { passive: false });
+    listenWheelZoom(this);
   }
 
   // ---------------------------------------------------------------------------------- drawing

@@ -109,6 +109,17 @@ export function orbitProjector({ center, radius, yaw, pitch, zoom, width, height
 }
 
 /** A canvas that draws a rig and orbits/zooms with the mouse. */
+/** The mouse wheel zooms `view` (its `zoom`, then `draw()`), not the graph behind it; `view.listen` keeps
+ * the listener so that the view removes it when it closes. */
+export function listenWheelZoom(view) {
+  view.listen(view.canvas, "wheel", (event) => {
+    view.zoom = Math.max(0.2, Math.min(8, view.zoom * Math.exp(-event.deltaY * 0.001)));
+    view.draw();
+    event.preventDefault();
+    event.stopPropagation();
+  }, { passive: false });
+}
+
 export class RigView {
   constructor(canvas, cameras) {
     this.canvas = canvas;
@@ -154,13 +165,7 @@ export class RigView {
     const end = (event) => { drag = null; event.stopPropagation(); };
     this.listen(this.canvas, "pointerup", end);
     this.listen(this.canvas, "pointercancel", end);
-    this.listen(this.canvas, "wheel", (event) => {
-      // Zoom the rig, not the graph behind it.
-      this.zoom = Math.max(0.2, Math.min(8, this.zoom * Math.exp(-event.deltaY * 0.001)));
-      this.draw();
-      event.preventDefault();
-      event.stopPropagation();
-    }, { passive: false });
+    listenWheelZoom(this);
     this.listen(this.canvas, "dblclick", (event) => { this.reset(); this.draw(); event.stopPropagation(); });
   }
 
