@@ -18,8 +18,8 @@ Every mode produces its output one temporal window at a time (windows share no o
 the compute device holds the input tiles of one call and one window of output; the whole result
 is only assembled where the caller wants it (:func:`decode_frames` writes frames straight into a
 CPU buffer). Working memory of ``manual``/``auto`` on the device thus stays flat in video length
-for a fixed tile and chunk size; the input stays where it is and moves to the device tile by tile. Every tile/chunk reports
-through :mod:`cvd_core.progress`; an exception from ``progress.advance`` (cancel) propagates
+for a fixed tile and chunk size; the input stays where it is and moves to the device tile by tile.
+Every tile/chunk reports through :mod:`cvd_core.progress`; an exception from ``progress.advance`` (cancel) propagates
 and nothing is returned.
 """
 
