@@ -19,8 +19,8 @@ the compute device holds the input tiles of one call and one window of output; t
 is only assembled where the caller wants it (:func:`decode_frames` writes frames straight into a
 CPU buffer). Working memory of ``manual``/``auto`` on the device thus stays flat in video length
 for a fixed tile and chunk size; the input stays where it is and moves to the device tile by tile.
-Every tile/chunk reports through :mod:`cvd_core.progress`; an exception from ``progress.advance`` (cancel) propagates
-and nothing is returned.
+Every tile/chunk reports through :mod:`cvd_core.progress`; an exception from ``progress.advance``
+(cancel) propagates and nothing is returned.
 """
 
 from __future__ import annotations
